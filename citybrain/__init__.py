@@ -1,0 +1,1 @@
+"""City brain: shared entry points (CLI), settings and errors."""

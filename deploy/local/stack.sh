@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# The local stack without Docker: Apache Kafka (KRaft), Mosquitto, PostgreSQL
+# on loopback, with data and logs under .run/.
+#
+#   stack.sh up      start what is not running (idempotent), write .run/stack.env
+#   stack.sh down    stop only what this script started
+#   stack.sh status  one line per service
+#
+# A service given by the environment (KAFKA_BOOTSTRAP_SERVERS, MQTT_URL,
+# DATABASE_URL) is used as it is and nothing is started for it.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+RUN=${CITYBRAIN_RUN_DIR:-$ROOT/.run}
+KAFKA_PORT=${CITYBRAIN_KAFKA_PORT:-9092}
+MQTT_PORT=${CITYBRAIN_MQTT_PORT:-1883}
+PG_PORT=${CITYBRAIN_PG_PORT:-54329}
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_port() { # port seconds name logfile
+  local i
+  for ((i = 0; i < $2 * 4; i++)); do
+    port_open "$1" && return 0
+    sleep 0.25
+  done
+  [ -f "${4:-}" ] && tail -20 "$4" >&2
+  die "$3 did not open 127.0.0.1:$1 within $2 s (log: ${4:-none})"
+}
+
+secret() { # file: create a random secret once, print it
+  if [ ! -s "$1" ]; then
+    mkdir -p "$(dirname "$1")"
+    (umask 077 && head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24 >"$1")
+  fi
+  cat "$1"
+}
+
+# ---------------------------------------------------------------- Kafka
+kafka_up() {
+  local dir=$RUN/kafka
+  mkdir -p "$dir/logs"
+  if pid_alive "$dir/kafka.pid"; then log "kafka already running (pid $(cat "$dir/kafka.pid"))"; return; fi
+  port_open "$KAFKA_PORT" && die "127.0.0.1:$KAFKA_PORT is taken by another process; stop it or set KAFKA_BOOTSTRAP_SERVERS to use it"
+  command -v java >/dev/null || die "java not found: run deploy/local/install.sh"
+  local stamp
+  stamp=$(sha256sum "$HERE/pom.xml" | cut -c1-16)
+  if [ "$(cat "$dir/libs.stamp" 2>/dev/null)" != "$stamp" ]; then
+    log "resolving Kafka jars from Maven Central"
+    rm -rf "$dir/libs"
+    mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$dir/libs" -DincludeScope=runtime >"$dir/logs/mvn.log" 2>&1 \
+      || { tail -20 "$dir/logs/mvn.log" >&2; die "maven could not resolve the Kafka jars"; }
+    echo "$stamp" >"$dir/libs.stamp"
+  fi
+  sed -e "s#9092#$KAFKA_PORT#g" "$HERE/server.properties" >"$dir/server.properties"
+  echo "log.dirs=$dir/data" >>"$dir/server.properties"
+  local cp="$dir/libs/*"
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    log "formatting Kafka storage"
+    local cid
+    cid=$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+    java -cp "$cp" -Dlog4j.configuration="file:$HERE/log4j.properties" -Dkafka.logs.dir="$dir/logs" \
+      kafka.tools.StorageTool format -t "$cid" -c "$dir/server.properties" >"$dir/logs/format.log" 2>&1 \
+      || { cat "$dir/logs/format.log" >&2; die "kafka storage format failed"; }
+  fi
+  log "starting kafka on 127.0.0.1:$KAFKA_PORT"
+  nohup java -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dlog4j.configuration="file:$HERE/log4j.properties" -Dkafka.logs.dir="$dir/logs" \
+    -cp "$cp" kafka.Kafka "$dir/server.properties" >"$dir/logs/stdout.log" 2>&1 &
+  echo $! >"$dir/kafka.pid"
+  wait_port "$KAFKA_PORT" 90 kafka "$dir/logs/server.log"
+}
+
+# ---------------------------------------------------------------- Mosquitto
+mosquitto_up() {
+  local dir=$RUN/mosquitto
+  mkdir -p "$dir/data"
+  if pid_alive "$dir/mosquitto.pid"; then log "mosquitto already running (pid $(cat "$dir/mosquitto.pid"))"; return; fi
+  port_open "$MQTT_PORT" && die "127.0.0.1:$MQTT_PORT is taken by another process; stop it or set MQTT_URL to use it"
+  command -v mosquitto >/dev/null || die "mosquitto not found: run deploy/local/install.sh"
+  rm -f "$dir/passwd"
+  touch "$dir/passwd"
+  for user in connector publisher; do
+    mosquitto_passwd -b "$dir/passwd" "$user" "$(secret "$RUN/secrets/mqtt-$user")"
+  done
+  cp "$HERE/mosquitto.acl" "$dir/acl"
+  sed -e "s#@RUN@#$RUN#g" -e "s#^listener 1883#listener $MQTT_PORT#" "$HERE/mosquitto.conf.in" >"$dir/mosquitto.conf"
+  echo "user mosquitto" >>"$dir/mosquitto.conf"
+  chown -R mosquitto: "$dir"
+  chmod 600 "$dir/passwd" "$dir/acl"
+  log "starting mosquitto on 127.0.0.1:$MQTT_PORT"
+  mosquitto -c "$dir/mosquitto.conf" -d
+  wait_port "$MQTT_PORT" 20 mosquitto "$dir/mosquitto.log"
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+pg_bin() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do [ -x "$d/pg_ctl" ] && echo "$d" && return; done
+  die "PostgreSQL server binaries not found: run deploy/local/install.sh"
+}
+
+postgres_up() {
+  local dir=$RUN/pg bin pw
+  bin=$(pg_bin)
+  mkdir -p "$dir"
+  chown postgres: "$dir"
+  pw=$(secret "$RUN/secrets/pg-citybrain")
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    log "initialising PostgreSQL cluster in $dir/data"
+    local pwfile="$dir/initpw"
+    (umask 077 && secret "$RUN/secrets/pg-superuser" >"$pwfile")
+    chown postgres: "$pwfile"
+    runuser -u postgres -- "$bin/initdb" -D "$dir/data" -U postgres --auth=scram-sha-256 \
+      --pwfile="$pwfile" -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+      || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+    rm -f "$pwfile"
+    mkdir -p "$dir/sock" && chown postgres: "$dir/sock"
+    cat >>"$dir/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$dir/sock'
+max_connections = 200
+shared_buffers = 512MB
+work_mem = 16MB
+maintenance_work_mem = 256MB
+wal_buffers = 16MB
+max_wal_size = 4GB
+checkpoint_timeout = 15min
+synchronous_commit = on
+logging_collector = off
+EOF
+  fi
+  if runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+    log "postgres already running"
+  else
+    port_open "$PG_PORT" && die "127.0.0.1:$PG_PORT is taken by another process; stop it or set DATABASE_URL to use it"
+    log "starting postgres on 127.0.0.1:$PG_PORT"
+    runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null \
+      || { tail -20 "$dir/postgres.log" >&2; die "postgres did not start"; }
+    touch "$dir/started-by-stack"
+  fi
+  local su_pw
+  su_pw=$(secret "$RUN/secrets/pg-superuser")
+  PGPASSWORD=$su_pw psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 >/dev/null <<EOF
+SELECT 'CREATE ROLE citybrain LOGIN CREATEDB' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'citybrain')\gexec
+ALTER ROLE citybrain PASSWORD '$pw';
+SELECT 'CREATE DATABASE citybrain OWNER citybrain' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'citybrain')\gexec
+EOF
+}
+
+# ---------------------------------------------------------------- commands
+write_env() {
+  local f=$RUN/stack.env
+  mkdir -p "$RUN"
+  {
+    echo "# written by deploy/local/stack.sh; sourced by the Makefile"
+    echo "export KAFKA_BOOTSTRAP_SERVERS='${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$KAFKA_PORT}'"
+    if [ -n "${MQTT_URL:-}" ]; then
+      echo "export MQTT_URL='$MQTT_URL'"
+      echo "export MQTT_PUBLISH_URL='${MQTT_PUBLISH_URL:-$MQTT_URL}'"
+    else
+      echo "export MQTT_URL='mqtt://connector:$(secret "$RUN/secrets/mqtt-connector")@127.0.0.1:$MQTT_PORT'"
+      echo "export MQTT_PUBLISH_URL='mqtt://publisher:$(secret "$RUN/secrets/mqtt-publisher")@127.0.0.1:$MQTT_PORT'"
+    fi
+    echo "export DATABASE_URL='${DATABASE_URL:-postgresql://citybrain:$(secret "$RUN/secrets/pg-citybrain" 2>/dev/null)@127.0.0.1:$PG_PORT/citybrain}'"
+  } >"$f.tmp"
+  chmod 600 "$f.tmp"
+  mv "$f.tmp" "$f"
+}
+
+up() {
+  mkdir -p "$RUN"
+  chmod 755 "$RUN"
+  if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then log "kafka given: $KAFKA_BOOTSTRAP_SERVERS"; else kafka_up; fi
+  if [ -n "${MQTT_URL:-}" ]; then log "mqtt given by MQTT_URL"; else mosquitto_up; fi
+  if [ -n "${DATABASE_URL:-}" ]; then log "postgres given by DATABASE_URL"; else postgres_up; fi
+  write_env
+  log "up; settings in $RUN/stack.env"
+}
+
+stop_pid() { # pidfile name
+  if pid_alive "$1"; then
+    local pid
+    pid=$(cat "$1")
+    log "stopping $2 (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$1"
+}
+
+down() {
+  stop_pid "$RUN/kafka/kafka.pid" kafka
+  stop_pid "$RUN/mosquitto/mosquitto.pid" mosquitto
+  if [ -f "$RUN/pg/started-by-stack" ]; then
+    log "stopping postgres"
+    runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$RUN/pg/data" -m fast -w stop >/dev/null 2>&1 || true
+    rm -f "$RUN/pg/started-by-stack"
+  fi
+}
+
+status() {
+  pid_alive "$RUN/kafka/kafka.pid" && echo "kafka: running" || echo "kafka: stopped"
+  pid_alive "$RUN/mosquitto/mosquitto.pid" && echo "mosquitto: running" || echo "mosquitto: stopped"
+  [ -f "$RUN/pg/data/postmaster.pid" ] && echo "postgres: running" || echo "postgres: stopped"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) die "usage: stack.sh up|down|status" ;;
+esac

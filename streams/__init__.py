@@ -1,0 +1,1 @@
+"""The Faust app: thin agents over the pure detectors and routing modules."""

@@ -1,0 +1,1 @@
+"""Pure detectors (see `base` for the contract)."""

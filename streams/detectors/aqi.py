@@ -1,0 +1,212 @@
+"""Air quality per HJ 633-2012 (环境空气质量指数 AQI 技术规定).
+
+IAQI_P = (IAQI_hi - IAQI_lo) / (BP_hi - BP_lo) * (C_P - BP_lo) + IAQI_lo,
+rounded up to an integer (the standard: 计算结果进位取整数). Concentrations in
+ug/m3 except CO in mg/m3. Above the table's top the IAQI is capped at 500.
+For the real-time (hourly) index, PM2.5 and PM10 have no 1-hour breakpoints and
+use the 24-hour ones; SO2 above 800 ug/m3 (1 h) and O3 above 800 ug/m3 (8 h)
+are reported with the 24-hour SO2 / 1-hour O3 tables, as the standard says.
+
+The threshold detector here keeps a rolling event-time mean per sensor (in
+fixed buckets, O(1) state) and maps its AQI category to the warning scale:
+light pollution (101-150) IV blue, moderate (151-200) III yellow, heavy
+(201-300) II orange, severe (>300) I red.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+from schemas import Evidence, SensorReading, SensorType, Severity
+from streams.detectors.base import Signal, State
+
+IAQI_STEPS = (0, 50, 100, 150, 200, 300, 400, 500)
+
+# pollutant/averaging period -> concentration breakpoints aligned with IAQI_STEPS
+BREAKPOINTS: dict[str, tuple[float, ...]] = {
+    "so2_24h": (0, 50, 150, 475, 800, 1600, 2100, 2620),
+    "so2_1h": (0, 150, 500, 650, 800),
+    "no2_24h": (0, 40, 80, 180, 280, 565, 750, 940),
+    "no2_1h": (0, 100, 200, 700, 1200, 2340, 3090, 3840),
+    "pm10_24h": (0, 50, 150, 250, 350, 420, 500, 600),
+    "co_24h": (0, 2, 4, 14, 24, 36, 48, 60),
+    "co_1h": (0, 5, 10, 35, 60, 90, 120, 150),
+    "o3_1h": (0, 160, 200, 300, 400, 800, 1000, 1200),
+    "o3_8h": (0, 100, 160, 215, 265, 800),
+    "pm25_24h": (0, 35, 75, 115, 150, 250, 350, 500),
+}
+
+CATEGORIES = (
+    (50, "优", "excellent"),
+    (100, "良", "good"),
+    (150, "轻度污染", "lightly polluted"),
+    (200, "中度污染", "moderately polluted"),
+    (300, "重度污染", "heavily polluted"),
+    (math.inf, "严重污染", "severely polluted"),
+)
+
+
+def iaqi(table: str, concentration: float) -> int:
+    """Individual AQI of one pollutant; raises ValueError for a bad value or table."""
+    try:
+        bps = BREAKPOINTS[table]
+    except KeyError:
+        raise ValueError(f"unknown breakpoint table {table!r}; known: {', '.join(BREAKPOINTS)}") from None
+    if not math.isfinite(concentration) or concentration < 0:
+        raise ValueError(f"concentration must be a finite number >= 0, got {concentration!r}")
+    if table == "so2_1h" and concentration > bps[-1]:
+        return iaqi("so2_24h", concentration)
+    if table == "o3_8h" and concentration > bps[-1]:
+        return iaqi("o3_1h", concentration)
+    if concentration >= bps[-1]:
+        return IAQI_STEPS[len(bps) - 1] if len(bps) < len(IAQI_STEPS) else 500
+    for i in range(1, len(bps)):
+        if concentration <= bps[i]:
+            lo, hi = bps[i - 1], bps[i]
+            ilo, ihi = IAQI_STEPS[i - 1], IAQI_STEPS[i]
+            value = (ihi - ilo) / (hi - lo) * (concentration - lo) + ilo
+            # round up, but not a float artefact such as 100.00000000001
+            return math.ceil(round(value, 6))
+    raise AssertionError("unreachable")
+
+
+def aqi(iaqis: dict[str, int]) -> tuple[int, list[str]]:
+    """Overall AQI (max IAQI) and the primary pollutants (those with IAQI = AQI > 50)."""
+    if not iaqis:
+        raise ValueError("no pollutant given")
+    top = max(iaqis.values())
+    primary = sorted(p for p, v in iaqis.items() if v == top and top > 50)
+    return top, primary
+
+
+def category(aqi_value: int) -> tuple[str, str]:
+    for upper, zh, en in CATEGORIES:
+        if aqi_value <= upper:
+            return zh, en
+    raise AssertionError("unreachable")
+
+
+def severity_for_aqi(aqi_value: int) -> Severity | None:
+    if aqi_value > 300:
+        return Severity.I
+    if aqi_value > 200:
+        return Severity.II
+    if aqi_value > 150:
+        return Severity.III
+    if aqi_value > 100:
+        return Severity.IV
+    return None
+
+
+# table used for the real-time rolling mean of each sensor type
+REALTIME_TABLE = {
+    SensorType.PM25: "pm25_24h",
+    SensorType.PM10: "pm10_24h",
+    SensorType.SO2: "so2_1h",
+    SensorType.NO2: "no2_1h",
+    SensorType.CO: "co_1h",
+    SensorType.O3: "o3_1h",
+}
+
+
+class AirQualityThreshold:
+    """Rolling 1-hour event-time mean -> IAQI -> severity, with hysteresis.
+
+    An episode opens when the mean's severity is at least IV; it updates when
+    the severity changes; it clears only after the mean has stayed below the
+    opening level minus `clear_margin` IAQI points for `clear_after` buckets,
+    so a value hovering at a boundary does not flap.
+    """
+
+    name = "aqi_threshold"
+    version = "1.0.0"
+
+    def __init__(
+        self,
+        window: timedelta = timedelta(hours=1),
+        bucket: timedelta = timedelta(minutes=5),
+        clear_margin: int = 10,
+        clear_after: int = 2,
+    ) -> None:
+        self.window_s = int(window.total_seconds())
+        self.bucket_s = int(bucket.total_seconds())
+        self.clear_margin = clear_margin
+        self.clear_after = clear_after
+
+    def applies_to(self, reading: SensorReading) -> bool:
+        return reading.sensor_type in REALTIME_TABLE
+
+    def step(self, state: State | None, reading: SensorReading) -> tuple[State, list[Signal]]:
+        st: State = state if state is not None else {"buckets": [], "episode": None}
+        t = int(reading.ts.timestamp())
+        b0 = t - t % self.bucket_s
+        buckets: list[list[float]] = st["buckets"]
+        # buckets are [start, sum, count], oldest first; late readings fall into their own bucket
+        for b in buckets:
+            if b[0] == b0:
+                b[1] += reading.value
+                b[2] += 1
+                break
+        else:
+            buckets.append([b0, reading.value, 1])
+            buckets.sort(key=lambda b: b[0])
+        newest = buckets[-1][0]
+        horizon = newest - self.window_s + self.bucket_s
+        st["buckets"] = buckets = [b for b in buckets if b[0] >= horizon]
+        total = sum(b[1] for b in buckets)
+        count = sum(b[2] for b in buckets)
+        mean = total / count
+        table = REALTIME_TABLE[SensorType(reading.sensor_type)]
+        index = iaqi(table, mean)
+        sev = severity_for_aqi(index)
+        w_start = datetime.fromtimestamp(buckets[0][0], UTC)
+        w_end = datetime.fromtimestamp(newest + self.bucket_s, UTC)
+
+        def signal(kind: str, severity: Severity, episode_start: datetime) -> Signal:
+            zh, en = category(index)
+            return Signal(
+                kind=kind,  # type: ignore[arg-type]
+                rule=f"{self.name}:{reading.sensor_type}",
+                subject=reading.sensor_id,
+                category="air",
+                sensor_type=str(reading.sensor_type),
+                severity=severity,
+                episode_start=episode_start,
+                ts=reading.ts,
+                location=reading.location,
+                title=f"{reading.sensor_type.upper()} AQI {index} {zh} ({en})",
+                evidence=Evidence(
+                    detector=self.name,
+                    detector_version=self.version,
+                    statistic=f"{reading.sensor_type} rolling mean {self.window_s // 60} min -> IAQI ({table}, HJ 633-2012)",
+                    value=index,
+                    threshold=100,
+                    window_start=w_start,
+                    window_end=w_end,
+                    details={"mean": round(mean, 3), "readings": count, "unit": reading.unit},
+                ),
+                sent_at=reading.sent_at,
+            )
+
+        ep = st["episode"]
+        out: list[Signal] = []
+        if ep is None:
+            if sev is not None:
+                start = reading.ts
+                st["episode"] = {"start": start.isoformat(), "sev": sev.value, "below": 0}
+                out.append(signal("open", sev, start))
+            return st, out
+        start = datetime.fromisoformat(ep["start"])
+        if sev is not None and sev.value != ep["sev"]:
+            ep["sev"] = sev.value
+            ep["below"] = 0
+            out.append(signal("update", sev, start))
+        elif sev is None and index <= 100 - self.clear_margin:
+            ep["below"] += 1
+            if ep["below"] >= self.clear_after:
+                st["episode"] = None
+                out.append(signal("clear", Severity(ep["sev"]), start))
+        else:
+            ep["below"] = 0
+        return st, out

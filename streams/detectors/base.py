@@ -1,0 +1,52 @@
+"""What every detector is: a pure, synchronous step over per-subject state.
+
+    step(state, reading) -> (state, [Signal, ...])
+
+No event loop, no Kafka, no wall clock: the same code runs in the Faust
+agent, in replay and in the offline CLI, and the same input always gives the
+same signals. State is plain data (JSON-serialisable dicts and lists) so it
+fits a changelog-backed Faust table.
+
+A Signal says that a condition on a subject opened, changed severity, or
+cleared. `episode_start` is the event time the condition began; together with
+rule and subject it fixes the alert id, so a redelivered reading or a replay
+yields the same alert, not a second one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from schemas import Evidence, Location, SensorReading, Severity
+
+SignalKind = Literal["open", "update", "clear"]
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    kind: SignalKind
+    rule: str
+    subject: str
+    category: str
+    sensor_type: str | None
+    severity: Severity
+    episode_start: datetime
+    ts: datetime  # event time of the observation that produced the signal
+    location: Location
+    title: str
+    evidence: Evidence
+    sent_at: datetime | None = None  # wall-clock send time of the triggering reading
+
+
+State = dict[str, Any]
+
+
+class Detector(Protocol):
+    name: str
+    version: str
+
+    def applies_to(self, reading: SensorReading) -> bool: ...
+
+    def step(self, state: State | None, reading: SensorReading) -> tuple[State, list[Signal]]: ...
