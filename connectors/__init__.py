@@ -1,0 +1,1 @@
+"""Ingestion: MQTT (and HTTP Open311) into Kafka, losing nothing."""

@@ -1,0 +1,1 @@
+"""Payload decoders: plain functions `decode(topic, payload, ctx) -> [event]`."""
