@@ -14,6 +14,8 @@ from citybrain.errors import CityBrainError
 # modules that define register(subparsers); each adds real commands only
 COMMAND_MODULES = [
     "schemas.cli",
+    "connectors.cli",
+    "streams.cli",
 ]
 
 

@@ -26,9 +26,10 @@ UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class WireModel(BaseModel):
-    """Base of every wire model: strict, immutable, no unknown fields."""
+    """Base of every wire model: immutable, no unknown fields. Numbers are
+    strict (no "80" for 80); enums and datetimes accept their wire strings."""
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
@@ -44,8 +45,8 @@ class Location(WireModel):
     district: str = Field(min_length=1, max_length=32, description="区, e.g. 朝阳区")
     street: str | None = Field(default=None, max_length=64, description="街道/乡镇")
     grid: str | None = Field(default=None, max_length=64, description="网格 id")
-    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
-    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False, strict=True)
+    lon: float = Field(ge=-180, le=180, allow_inf_nan=False, strict=True)
 
 
 class Severity(StrEnum):

@@ -20,7 +20,7 @@ class SensorReading(WireModel):
     event_id: str = Field(min_length=1, max_length=128)
     sensor_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
     sensor_type: SensorType
-    value: float = Field(allow_inf_nan=False)
+    value: float = Field(allow_inf_nan=False, strict=True)
     unit: str = Field(min_length=1, max_length=16)
     ts: UtcDatetime = Field(description="event time: when the sensor measured")
     location: Location

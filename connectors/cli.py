@@ -1,0 +1,42 @@
+"""`citybrain connector`: run the MQTT -> Kafka connector until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from citybrain.kafka_admin import ensure_topics, pipeline_topics
+from citybrain.topics import Topics
+from schemas.common import now_utc
+
+
+async def _run(settings: object) -> None:
+    from connectors.mqtt_kafka import MqttKafkaConnector, MqttKafkaSettings, default_routes, run_connector
+
+    assert isinstance(settings, MqttKafkaSettings)
+    await ensure_topics(settings.kafka_bootstrap_servers, pipeline_topics(Topics(settings.topic_prefix), 4))
+    connector = MqttKafkaConnector(settings, default_routes(), clock=now_utc)
+    if settings.metrics_port:
+        connector.metrics.serve(settings.metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run_connector(connector, stop)
+
+
+def _cmd_connector(args: argparse.Namespace) -> int:
+    from connectors.mqtt_kafka import MqttKafkaSettings
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = MqttKafkaSettings()  # type: ignore[call-arg]  # from the environment: the entry point
+    asyncio.run(_run(settings))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("connector", help="run the MQTT -> Kafka ingestion connector")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_cmd_connector)

@@ -1,0 +1,147 @@
+"""The Faust app. Agents stay thin: take a batch of events, call the pure
+detection/alerting code, send what it returns.
+
+Per-sensor state lives in a changelog-backed table keyed by the raw
+sensor_id bytes; each key's changelog record goes to its source partition
+(Faust's co-partitioning), so a restarted or rebalanced worker recovers
+exactly the state of the partitions it owns. With `take_events` batching the
+table is written once per key per batch, with the partition given
+explicitly rather than through Faust's current-event context.
+
+A record that cannot be processed is dead-lettered with a reason; it is never
+allowed to raise out of the agent (an exception there would ack it silently,
+faust-streaming#315).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from citybrain.dlq import dlq_headers
+from citybrain.kafka_admin import ensure_topics
+from citybrain.topics import Topics
+from schemas import Alert, SensorReading
+from streams.pipeline import ReadingProcessor
+from streams.routing import DEFAULT_RULES, load_rules
+
+log = logging.getLogger("citybrain.streams")
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, env_prefix="WORKER_", extra="ignore")
+
+    app_id: str = "citybrain-streams"
+    kafka_bootstrap_servers: str = Field(validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    topic_prefix: str = ""
+    partitions: int = 4
+    rules_file: str = str(DEFAULT_RULES)
+    batch_max: int = 1000
+    batch_within_s: float = 0.02
+    data_dir: str = ".run/faust"
+
+
+def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust.App:
+    topics = Topics(prefix=settings.topic_prefix)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{s}" for s in settings.kafka_bootstrap_servers.split(",")],
+        store="memory://",
+        datadir=settings.data_dir,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        web_enabled=False,
+        producer_acks=-1,
+        producer_linger_ms=5,
+        producer_max_batch_size=512 * 1024,
+        broker_commit_every=2000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=8192,
+        consumer_auto_offset_reset="earliest",
+        table_cleanup_interval=60.0,
+    )
+    readings_topic = app.topic(
+        topics.readings, key_type=bytes, value_type=bytes, value_serializer="raw", partitions=settings.partitions
+    )
+    alerts_topic = app.topic(topics.alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
+    dlq_topic = app.topic(topics.dlq, key_type=bytes, value_type=bytes, value_serializer="raw")
+    state = app.Table(
+        "sensor-state",
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.partitions,
+    )
+    processor = ReadingProcessor(load_rules(Path(settings.rules_file)))
+    dept_topics: dict[str, Any] = {}
+
+    async def dept_topic(code: str) -> Any:
+        if code not in dept_topics:
+            name = topics.dept(code)
+            await ensure_topics(settings.kafka_bootstrap_servers, {name: settings.partitions})
+            dept_topics[code] = app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw")
+        return dept_topics[code]
+
+    async def dead_letter(event: Any, reason: str, message: str) -> None:
+        msg = event.message
+        headers = dlq_headers(
+            reason=reason,
+            message=message,
+            source=f"kafka:{msg.topic}",
+            component=settings.app_id,
+            stage="detect",
+            at=clock(),
+            partition=msg.partition,
+            offset=msg.offset,
+        )
+        await dlq_topic.send(key=msg.key, value=msg.value, headers=headers, force=True)
+
+    async def publish(alert: Alert) -> None:
+        # force=True: send now; Faust flushes the producer before it commits
+        # the source offsets, which is the at-least-once we need (its deferred
+        # "attachments" are deprecated and held records back until a later commit)
+        key = alert.alert_id.encode()
+        body = alert.to_json()
+        await alerts_topic.send(key=key, value=body, force=True)
+        for code in alert.departments:
+            await (await dept_topic(code)).send(key=key, value=body, force=True)
+
+    @app.agent(readings_topic, name="detect")
+    async def detect(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            touched: dict[bytes, tuple[int, dict[str, Any]]] = {}
+            for event in events:
+                try:
+                    reading = SensorReading.model_validate_json(event.message.value)
+                except ValidationError as exc:
+                    await dead_letter(event, "invalid_reading", str(exc.errors(include_url=False)[0]["msg"]))
+                    continue
+                key = reading.sensor_id.encode()
+                try:
+                    held = touched.get(key)
+                    if held is not None:
+                        st = held[1]
+                    else:
+                        raw = state.data.get(key)
+                        st = orjson.loads(raw) if raw else None
+                    st, alerts = processor.step(st, reading)
+                    touched[key] = (event.message.partition, st)
+                except Exception as exc:  # one bad record must not stop or silently ack the stream
+                    log.exception("processing failed")
+                    await dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}")
+                    continue
+                for alert in alerts:
+                    await publish(alert)
+            for key, (partition, st) in touched.items():
+                body = orjson.dumps(st)
+                state.data[key] = body
+                state.send_changelog(partition, key, body)
+
+    return app
