@@ -1,0 +1,1 @@
+"""Operations center: HTTP API, live feed and the one-screen dashboard."""
