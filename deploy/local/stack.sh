@@ -170,6 +170,7 @@ write_env() {
       echo "export MQTT_URL='mqtt://connector:$(secret "$RUN/secrets/mqtt-connector")@127.0.0.1:$MQTT_PORT'"
       echo "export MQTT_PUBLISH_URL='mqtt://publisher:$(secret "$RUN/secrets/mqtt-publisher")@127.0.0.1:$MQTT_PORT'"
     fi
+    echo "export CONNECTOR_PII_KEY='${CONNECTOR_PII_KEY:-$(secret "$RUN/secrets/pii-key")}'"
     echo "export DATABASE_URL='${DATABASE_URL:-postgresql://citybrain:$(secret "$RUN/secrets/pg-citybrain" 2>/dev/null)@127.0.0.1:$PG_PORT/citybrain}'"
   } >"$f.tmp"
   chmod 600 "$f.tmp"
