@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "schemas.cli",
     "connectors.cli",
     "streams.cli",
+    "citybrain.demo",
 ]
 
 

@@ -2,8 +2,12 @@
 # The local stack without Docker: Apache Kafka (KRaft), Mosquitto, PostgreSQL
 # on loopback, with data and logs under .run/.
 #
-#   stack.sh up      start what is not running (idempotent), write .run/stack.env
+#   stack.sh up [kafka|mosquitto|postgres ...]
+#                    start what is not running (idempotent), write .run/stack.env
 #   stack.sh down    stop only what this script started
+#
+# CITYBRAIN_RUN_DIR and CITYBRAIN_{KAFKA,MQTT,PG}_PORT give a second,
+# independent stack (the fault tests start their own broker that way).
 #   stack.sh status  one line per service
 #
 # A service given by the environment (KAFKA_BOOTSTRAP_SERVERS, MQTT_URL,
@@ -14,6 +18,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 RUN=${CITYBRAIN_RUN_DIR:-$ROOT/.run}
 KAFKA_PORT=${CITYBRAIN_KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${CITYBRAIN_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 MQTT_PORT=${CITYBRAIN_MQTT_PORT:-1883}
 PG_PORT=${CITYBRAIN_PG_PORT:-54329}
 
@@ -59,7 +64,7 @@ kafka_up() {
       || { tail -20 "$dir/logs/mvn.log" >&2; die "maven could not resolve the Kafka jars"; }
     echo "$stamp" >"$dir/libs.stamp"
   fi
-  sed -e "s#9092#$KAFKA_PORT#g" "$HERE/server.properties" >"$dir/server.properties"
+  sed -e "s#9092#$KAFKA_PORT#g" -e "s#9093#$KAFKA_CONTROLLER_PORT#g" "$HERE/server.properties" >"$dir/server.properties"
   echo "log.dirs=$dir/data" >>"$dir/server.properties"
   local cp="$dir/libs/*"
   if [ ! -f "$dir/data/meta.properties" ]; then
@@ -180,9 +185,17 @@ write_env() {
 up() {
   mkdir -p "$RUN"
   chmod 755 "$RUN"
-  if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then log "kafka given: $KAFKA_BOOTSTRAP_SERVERS"; else kafka_up; fi
-  if [ -n "${MQTT_URL:-}" ]; then log "mqtt given by MQTT_URL"; else mosquitto_up; fi
-  if [ -n "${DATABASE_URL:-}" ]; then log "postgres given by DATABASE_URL"; else postgres_up; fi
+  local only=" $* "
+  sel() { [ "$only" = "  " ] || [[ "$only" == *" $1 "* ]]; }
+  if sel kafka; then
+    if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then log "kafka given: $KAFKA_BOOTSTRAP_SERVERS"; else kafka_up; fi
+  fi
+  if sel mosquitto; then
+    if [ -n "${MQTT_URL:-}" ]; then log "mqtt given by MQTT_URL"; else mosquitto_up; fi
+  fi
+  if sel postgres; then
+    if [ -n "${DATABASE_URL:-}" ]; then log "postgres given by DATABASE_URL"; else postgres_up; fi
+  fi
   write_env
   log "up; settings in $RUN/stack.env"
 }
@@ -216,7 +229,7 @@ status() {
 }
 
 case "${1:-}" in
-  up) up ;;
+  up) shift; up "$@" ;;
   down) down ;;
   status) status ;;
   *) die "usage: stack.sh up|down|status" ;;
