@@ -15,6 +15,7 @@ from citybrain.errors import CityBrainError
 COMMAND_MODULES = [
     "schemas.cli",
     "connectors.cli",
+    "connectors.dlq_cli",
     "streams.cli",
     "citybrain.demo",
 ]
