@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "connectors.cli",
     "connectors.dlq_cli",
     "streams.cli",
+    "storage.cli",
     "citybrain.demo",
 ]
 
