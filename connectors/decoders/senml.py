@@ -1,0 +1,171 @@
+"""SenML JSON (RFC 8428) packs on `city/senml/...`.
+
+A pack is a JSON array of records. Base fields (`bn`, `bt`, `bu`, `bv`,
+`bver`) apply to the record that carries them and to every later record
+until replaced (RFC 8428 section 4.6, "resolved records"):
+
+    name  = bn + n          -> a sensor id or a registered SenML name (registry)
+    time  = bt + t          -> seconds since the epoch, or, when below 2**28,
+                               seconds relative to now (0 = now, -60 = a minute ago)
+    unit  = u or bu         -> converted to the catalogue unit of the sensor type
+    value = bv + v
+
+Only numeric values (`v`) make readings: a record with `vs`, `vb` or `vd`
+(string, boolean, data) is refused as `wrong_type`, a record with only a sum
+(`s`) or nothing as `missing_field`. Fields ending in `_` are must-understand
+extensions (RFC 8428 section 4.4) and are refused (`unsupported_field`); other
+unknown fields are ignored, as the RFC allows.
+
+The idempotency key is the format's own: (resolved name, resolved time), so a
+redelivered pack keeps its event ids. Packs with relative times carry no
+absolute time, so their ids follow the ingest clock (ctx.now) and a
+redelivery after the clock moved is a new event: devices that want
+deduplication send absolute times.
+
+A pack is decoded whole or refused whole (with the failing record's index),
+so nothing in it is dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from citybrain.errors import RejectedPayload
+from connectors.base import DecodeContext
+from connectors.decoders.common import parse_json
+from connectors.registry import number, require_registry
+from schemas import SensorReading, stable_id
+
+ROUTE_PATTERN = "city/senml/#"
+SOURCE = "senml"
+MAX_RECORDS = 10_000
+SENML_VERSION = 10  # RFC 8428 default bver
+RELATIVE_LIMIT = 2**28  # RFC 8428 section 4.5.3
+
+# RFC 8428 section 4.5.1: names start with a letter or digit, then A-Z a-z 0-9 - : . / _
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-:./_]*$")
+
+_KNOWN = frozenset({"bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut"})
+_NUMERIC = ("bt", "bv", "bs", "t", "v", "s", "ut")
+_STRINGS = ("bn", "bu", "n", "u", "vs", "vd")
+
+# (SenML unit, catalogue unit) -> (scale, offset): value_ours = value * scale + offset.
+# SenML names from RFC 8428 (primary) and RFC 8798 (new primary and secondary units).
+# Units with no SenML name (mg/m3, veh/h, %LEL, dB(A)) are also accepted spelled as in
+# our catalogue; identical units always convert 1:1.
+UNIT_CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
+    ("Cel", "degC"): (1.0, 0.0),
+    ("K", "degC"): (1.0, -273.15),
+    ("ug/m3", "ug/m3"): (1.0, 0.0),  # RFC 8798 secondary unit
+    ("kg/m3", "ug/m3"): (1e9, 0.0),  # RFC 8798 primary unit
+    ("ug/m3", "mg/m3"): (1e-3, 0.0),
+    ("kg/m3", "mg/m3"): (1e6, 0.0),
+    ("m", "m"): (1.0, 0.0),
+    ("cm", "m"): (0.01, 0.0),  # RFC 8798 secondary
+    ("mm", "m"): (0.001, 0.0),  # RFC 8798 secondary
+    ("mm/h", "mm/h"): (1.0, 0.0),  # RFC 8798 secondary
+    ("m/h", "mm/h"): (1000.0, 0.0),  # RFC 8798 secondary
+    ("m/s", "mm/h"): (3_600_000.0, 0.0),
+    ("km/h", "km/h"): (1.0, 0.0),  # RFC 8798 secondary
+    ("m/s", "km/h"): (3.6, 0.0),
+    # A sound level meter's "dB" is its (A-weighted) sound pressure level; Bspl is bels.
+    ("dB", "dB(A)"): (1.0, 0.0),
+    ("Bspl", "dB(A)"): (10.0, 0.0),
+    ("1/s", "veh/h"): (3600.0, 0.0),  # event rate: vehicles per second
+    ("1/min", "veh/h"): (60.0, 0.0),
+    ("/", "%LEL"): (100.0, 0.0),  # ratio of the lower explosive limit
+    ("/100", "%LEL"): (1.0, 0.0),  # RFC 8798 secondary: percent
+}
+_SENML_UNITS = frozenset(u for u, _ in UNIT_CONVERSIONS)
+
+
+def _convert(value: float, unit: str | None, target: str, where: str) -> float:
+    if unit is None or unit == target:
+        return value
+    conv = UNIT_CONVERSIONS.get((unit, target))
+    if conv is None:
+        if unit in _SENML_UNITS:
+            raise RejectedPayload("unit_mismatch", f"{where}: unit {unit!r} cannot be converted to {target!r}")
+        raise RejectedPayload("unknown_unit", f"{where}: unit {unit!r} is not a known SenML unit for {target!r}")
+    scale, offset = conv
+    return value * scale + offset
+
+
+def _time(seconds: float, now: datetime, where: str) -> datetime:
+    try:
+        if seconds < RELATIVE_LIMIT:
+            return now + timedelta(seconds=seconds)
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        raise RejectedPayload("time_out_of_range", f"{where}: time {seconds!r} is not a representable date") from None
+
+
+def _check_types(rec: dict[str, Any], where: str) -> None:
+    for key in rec:
+        if isinstance(key, str) and key.endswith("_"):
+            raise RejectedPayload("unsupported_field", f"{where}: must-understand field {key!r} is not supported")
+    for key in _NUMERIC:
+        if key in rec:
+            number(rec[key], f"{where}.{key}")
+    for key in _STRINGS:
+        if key in rec and not isinstance(rec[key], str):
+            raise RejectedPayload("wrong_type", f"{where}.{key} must be a string")
+    if "vb" in rec and not isinstance(rec["vb"], bool):
+        raise RejectedPayload("wrong_type", f"{where}.vb must be a boolean")
+    if "bver" in rec:
+        bver = rec["bver"]
+        if isinstance(bver, bool) or not isinstance(bver, int):
+            raise RejectedPayload("wrong_type", f"{where}.bver must be an integer")
+        if bver > SENML_VERSION:
+            raise RejectedPayload("unsupported_version", f"{where}: SenML version {bver} is newer than {SENML_VERSION}")
+
+
+def decode(topic: str, payload: bytes, ctx: DecodeContext) -> list[SensorReading]:
+    data = parse_json(payload)
+    if not isinstance(data, list) or not data:
+        raise RejectedPayload("invalid_field", "a SenML pack must be a non-empty JSON array of records")
+    if len(data) > MAX_RECORDS:
+        raise RejectedPayload("oversized", f"SenML pack of {len(data)} records exceeds {MAX_RECORDS}")
+    registry = require_registry(ctx.registry)
+
+    bn, bu = "", None
+    bt = bv = 0.0
+    readings: list[SensorReading] = []
+    for i, rec in enumerate(data):
+        where = f"record {i}"
+        if not isinstance(rec, dict):
+            raise RejectedPayload("invalid_field", f"{where} must be a JSON object, got {type(rec).__name__}")
+        _check_types(rec, where)
+        if "bn" in rec:
+            bn = rec["bn"]
+        if "bt" in rec:
+            bt = float(rec["bt"])
+        if "bu" in rec:
+            bu = rec["bu"]
+        if "bv" in rec:
+            bv = float(rec["bv"])
+
+        name = bn + rec.get("n", "")
+        if not name:
+            raise RejectedPayload("missing_field", f"{where}: no name (bn + n is empty)")
+        if not _NAME.match(name):
+            raise RejectedPayload("invalid_field", f"{where}: {name[:80]!r} is not a valid SenML name")
+        for kind in ("vs", "vb", "vd"):
+            if kind in rec:
+                raise RejectedPayload(
+                    "wrong_type", f"{where} ({name}): a {kind} value is not a number; numeric sensors need 'v'"
+                )
+        if "v" not in rec:
+            has = "only a sum 's'" if "s" in rec else "no value"
+            raise RejectedPayload("missing_field", f"{where} ({name}) has {has}; a reading needs 'v'")
+
+        entry = registry.by_name(name)
+        raw = bv + float(rec["v"])
+        value = _convert(raw, rec.get("u", bu), entry.unit, f"{where} ({name})")
+        ts = _time(bt + float(rec.get("t", 0.0)), ctx.now, where)
+        ctx.check_time(ts)
+        event_id = stable_id("senml", name, ts, prefix="sm-")
+        readings.append(entry.reading(value, ts, event_id, SOURCE))
+    return readings
