@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "connectors.dlq_cli",
     "streams.cli",
     "storage.cli",
+    "sim.cli",
     "citybrain.demo",
 ]
 
