@@ -19,6 +19,7 @@ from typing import Literal
 
 import asyncpg
 from asyncpg.exceptions._base import DataError as _ClientDataError
+from asyncpg.exceptions._base import InternalClientError as _InternalClientError
 
 from citybrain.errors import ConfigError, PermanentError, ServiceError, TransientError
 
@@ -85,6 +86,9 @@ def classify(exc: BaseException) -> Kind:
     if isinstance(exc, _ClientDataError):
         # asyncpg's client-side encoder refused one value (wrong type, too big)
         return "permanent"
+    if isinstance(exc, _InternalClientError):
+        # the protocol state broke (typically a connection killed mid-COPY): reconnect and retry
+        return "transient"
     if isinstance(exc, asyncpg.exceptions.OutdatedSchemaCacheError):
         return "transient"
     if isinstance(exc, asyncpg.InterfaceError):
