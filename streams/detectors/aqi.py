@@ -20,22 +20,14 @@ from datetime import UTC, datetime, timedelta
 
 from schemas import Evidence, SensorReading, SensorType, Severity
 from streams.detectors.base import Signal, State
+from streams.detectors.config import DetectConfig, default_config
 
-IAQI_STEPS = (0, 50, 100, 150, 200, 300, 400, 500)
+_CFG = default_config()
+IAQI_STEPS = _CFG.iaqi_steps
 
 # pollutant/averaging period -> concentration breakpoints aligned with IAQI_STEPS
-BREAKPOINTS: dict[str, tuple[float, ...]] = {
-    "so2_24h": (0, 50, 150, 475, 800, 1600, 2100, 2620),
-    "so2_1h": (0, 150, 500, 650, 800),
-    "no2_24h": (0, 40, 80, 180, 280, 565, 750, 940),
-    "no2_1h": (0, 100, 200, 700, 1200, 2340, 3090, 3840),
-    "pm10_24h": (0, 50, 150, 250, 350, 420, 500, 600),
-    "co_24h": (0, 2, 4, 14, 24, 36, 48, 60),
-    "co_1h": (0, 5, 10, 35, 60, 90, 120, 150),
-    "o3_1h": (0, 160, 200, 300, 400, 800, 1000, 1200),
-    "o3_8h": (0, 100, 160, 215, 265, 800),
-    "pm25_24h": (0, 35, 75, 115, 150, 250, 350, 500),
-}
+# (data: streams/detectors/thresholds.yaml, section air.breakpoints)
+BREAKPOINTS: dict[str, tuple[float, ...]] = _CFG.air_breakpoints
 
 CATEGORIES = (
     (50, "优", "excellent"),
@@ -87,16 +79,13 @@ def category(aqi_value: int) -> tuple[str, str]:
     raise AssertionError("unreachable")
 
 
-def severity_for_aqi(aqi_value: int) -> Severity | None:
-    if aqi_value > 300:
-        return Severity.I
-    if aqi_value > 200:
-        return Severity.II
-    if aqi_value > 150:
-        return Severity.III
-    if aqi_value > 100:
-        return Severity.IV
-    return None
+def severity_for_aqi(aqi_value: int, levels: list[tuple[float, Severity]] | None = None) -> Severity | None:
+    """AQI category -> warning level (thresholds.yaml air.severity_from_aqi)."""
+    sev = None
+    for at, s in levels if levels is not None else _CFG.air_severity:
+        if aqi_value >= at:
+            sev = s
+    return sev
 
 
 # table used for the real-time rolling mean of each sensor type
@@ -111,55 +100,81 @@ REALTIME_TABLE = {
 
 
 class AirQualityThreshold:
-    """Rolling 1-hour event-time mean -> IAQI -> severity, with hysteresis.
+    """Rolling event-time means -> IAQI -> severity, with hysteresis.
 
-    An episode opens when the mean's severity is at least IV; it updates when
-    the severity changes; it clears only after the mean has stayed below the
-    opening level minus `clear_margin` IAQI points for `clear_after` buckets,
-    so a value hovering at a boundary does not flap.
+    Per pollutant the averaging periods of thresholds.yaml (air.periods) are
+    evaluated: the 1-hour mean (5-minute buckets) against the real-time table,
+    longer ones (O3 8 h, 24 h) from hourly buckets against theirs; the IAQI
+    reported is the largest over the periods whose window is covered by at
+    least a quarter of data (so one hour of data is not a "24-hour mean").
+    PM2.5/PM10 24-hour means are evidence only (their real-time index already
+    uses the 24-hour table).
+
+    An episode opens when the severity is at least IV; it updates when the
+    severity changes; it clears only after the IAQI has stayed below 100 minus
+    `clear_margin` for `clear_after` readings, so a value hovering at a
+    boundary does not flap.
     """
 
     name = "aqi_threshold"
-    version = "1.0.0"
+    version = "1.1.0"
 
     def __init__(
         self,
         window: timedelta = timedelta(hours=1),
         bucket: timedelta = timedelta(minutes=5),
-        clear_margin: int = 10,
-        clear_after: int = 2,
+        clear_margin: int | None = None,
+        clear_after: int | None = None,
+        config: DetectConfig | None = None,
     ) -> None:
+        self.cfg = config or _CFG
+        air = self.cfg.section("air")
         self.window_s = int(window.total_seconds())
         self.bucket_s = int(bucket.total_seconds())
-        self.clear_margin = clear_margin
-        self.clear_after = clear_after
+        self.clear_margin = int(air["clear_margin"]) if clear_margin is None else clear_margin
+        self.clear_after = int(air["clear_after"]) if clear_after is None else clear_after
+        self.long_periods: dict[str, list[tuple[int, str]]] = {
+            pol: [(w, t) for w, t in periods if w > self.window_s] for pol, periods in self.cfg.air_periods.items()
+        }
+        self.hours_kept = max((w for ps in self.long_periods.values() for w, _ in ps), default=0) // 3600
 
     def applies_to(self, reading: SensorReading) -> bool:
         return reading.sensor_type in REALTIME_TABLE
 
     def step(self, state: State | None, reading: SensorReading) -> tuple[State, list[Signal]]:
-        st: State = state if state is not None else {"buckets": [], "episode": None}
+        st: State = state if state is not None else {"buckets": [], "hours": [], "episode": None}
         t = int(reading.ts.timestamp())
         b0 = t - t % self.bucket_s
         buckets: list[list[float]] = st["buckets"]
         # buckets are [start, sum, count], oldest first; late readings fall into their own bucket
-        for b in buckets:
-            if b[0] == b0:
-                b[1] += reading.value
-                b[2] += 1
-                break
-        else:
-            buckets.append([b0, reading.value, 1])
-            buckets.sort(key=lambda b: b[0])
+        _add(buckets, b0, reading.value)
         newest = buckets[-1][0]
         horizon = newest - self.window_s + self.bucket_s
         st["buckets"] = buckets = [b for b in buckets if b[0] >= horizon]
         total = sum(b[1] for b in buckets)
         count = sum(b[2] for b in buckets)
         mean = total / count
+        pol = str(reading.sensor_type)
         table = REALTIME_TABLE[SensorType(reading.sensor_type)]
         index = iaqi(table, mean)
-        sev = severity_for_aqi(index)
+        details: dict[str, object] = {"mean": round(mean, 3), "readings": count, "unit": reading.unit}
+        longs = self.long_periods.get(pol, [])
+        if longs:
+            hours: list[list[float]] = st.setdefault("hours", [])
+            _add(hours, t - t % 3600, reading.value)
+            h_newest = hours[-1][0]
+            st["hours"] = hours = [h for h in hours if h[0] > h_newest - self.hours_kept * 3600]
+            for w, tab in longs:
+                sel = [h for h in hours if h[0] > h_newest - w]
+                n = sum(h[2] for h in sel)
+                covered = len(sel) * 3600 >= w / 4
+                m = sum(h[1] for h in sel) / n
+                v = iaqi(tab, m)
+                details[f"iaqi_{tab}_{w // 3600}h"] = v if covered else None
+                details[f"mean_{w // 3600}h"] = round(m, 3)
+                if covered and not pol.startswith("pm") and v > index:
+                    index, table = v, tab
+        sev = severity_for_aqi(index, self.cfg.air_severity)
         w_start = datetime.fromtimestamp(buckets[0][0], UTC)
         w_end = datetime.fromtimestamp(newest + self.bucket_s, UTC)
 
@@ -184,7 +199,7 @@ class AirQualityThreshold:
                     threshold=100,
                     window_start=w_start,
                     window_end=w_end,
-                    details={"mean": round(mean, 3), "readings": count, "unit": reading.unit},
+                    details=details,
                 ),
                 sent_at=reading.sent_at,
             )
@@ -210,3 +225,14 @@ class AirQualityThreshold:
         else:
             ep["below"] = 0
         return st, out
+
+
+def _add(buckets: list[list[float]], start: int, value: float) -> None:
+    for b in reversed(buckets):
+        if b[0] == start:
+            b[1] += value
+            b[2] += 1
+            return
+    buckets.append([start, value, 1])
+    if len(buckets) > 1 and buckets[-2][0] > start:
+        buckets.sort(key=lambda b: b[0])

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from citybrain.errors import RejectedPayload
 from schemas import Evidence, Location, SensorReading, Severity
 
 SignalKind = Literal["open", "update", "clear"]
@@ -41,6 +42,25 @@ class Signal:
 
 
 State = dict[str, Any]
+
+# category of every sensor-health signal (stuck, out of range, silent): a
+# faulty sensor is never an incident of the city
+SENSOR_HEALTH = "sensor_health"
+
+
+class LateEvent(RejectedPayload):
+    """An event older than the subject's latest event time minus the allowed
+    lateness. The agent dead-letters it with reason 'late' and counts it."""
+
+    def __init__(self, subject: str, ts: datetime, latest: datetime, lateness_s: float) -> None:
+        super().__init__(
+            "late",
+            f"event of {subject} at {ts.isoformat()} is {(latest - ts).total_seconds():.0f} s behind "
+            f"its latest event {latest.isoformat()} (allowed lateness {lateness_s:.0f} s)",
+        )
+        self.subject = subject
+        self.ts = ts
+        self.latest = latest
 
 
 class Detector(Protocol):

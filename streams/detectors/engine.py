@@ -1,0 +1,204 @@
+"""One entry point for the Faust agent, replay and the CLI.
+
+    engine = DetectionEngine()                       # thresholds.yaml defaults
+    states, signals = engine.step_reading(states, reading)   # per sensor_id
+    states, signals = engine.step_hotline(states, event)     # per hotline_key(event)
+    states, signals = engine.tick(states, watermark)         # per subject, on event-time progress
+
+`states` is one subject's dict of per-detector states (plain JSON data; None
+to start), so the agent keeps it in a changelog-backed table keyed like the
+topic. Readings older than the subject's latest event time minus
+`lateness_s` raise `LateEvent` (a `RejectedPayload` with reason "late") for
+the agent to dead-letter. The order of detectors is fixed and nothing reads
+the wall clock, so the same input gives byte-identical signals.
+
+Order per reading: sensor health first; a reading it marks untrustworthy (out
+of range, inside a stuck run) is kept away from the other detectors, so a
+fault never becomes an incident nor teaches a baseline. Then the standards
+threshold for the type (AQI, noise, water level, gas) and the generic
+statistical detectors (robust seasonal baseline, rate of change).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas import CATALOGUE, Evidence, HotlineEvent, SensorReading, SensorType, Severity
+from streams.detectors.aqi import AirQualityThreshold
+from streams.detectors.base import LateEvent, Signal, State
+from streams.detectors.config import DetectConfig, default_config
+from streams.detectors.health import SensorHealth
+from streams.detectors.hotline import HotlineBurst, hotline_key
+from streams.detectors.localtime import LocalClock
+from streams.detectors.stats import RateOfChange, RobustSeasonal, Scored, StatParams
+from streams.detectors.thresholds import GasThreshold, NoiseThreshold, WaterLevelThreshold
+
+__all__ = ["DetectionEngine", "LateEvent", "hotline_key", "stat_params"]
+
+States = dict[str, Any]
+
+
+def stat_params(cfg: DetectConfig) -> StatParams:
+    s = cfg.section("statistical")
+    return StatParams(
+        warmup=int(s["warmup"]), open_score=float(s["open_score"]), open_hold=int(s["open_hold"]),
+        instant_score=float(s["instant_score"]), clear_score=float(s["clear_score"]),
+        clear_hold=int(s["clear_hold"]),
+    )  # fmt: skip
+
+
+def _ts(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+class StatAdapter:
+    """A `Scored`-producing core (RobustSeasonal / RateOfChange) as a Detector."""
+
+    def __init__(self, core: RobustSeasonal | RateOfChange, statistic: str, open_score: float) -> None:
+        self.core = core
+        self.name = core.name
+        self.version = core.version
+        self.statistic = statistic
+        self.open_score = open_score
+
+    def applies_to(self, reading: SensorReading) -> bool:
+        return True
+
+    def step(self, state: State | None, reading: SensorReading) -> tuple[State, list[Signal]]:
+        t = reading.ts.timestamp()
+        st, r = self.core.update(state, t, reading.value)
+        if r.event is None:
+            return st, []
+        return st, [self.signal(r, reading, t)]
+
+    def signal(self, r: Scored, reading: SensorReading, t: float) -> Signal:
+        start = r.episode_start if r.episode_start is not None else t
+        ty = str(reading.sensor_type)
+        what = "anomaly" if self.name == "robust_seasonal" else "sudden change"
+        verb = "ended" if r.event == "clear" else "detected"
+        return Signal(
+            kind=r.event,  # type: ignore[arg-type]
+            rule=f"{self.name}:{ty}",
+            subject=reading.sensor_id,
+            category=CATALOGUE[reading.sensor_type].category,
+            sensor_type=ty,
+            severity=Severity.IV,
+            episode_start=_ts(start),
+            ts=reading.ts,
+            location=reading.location,
+            title=f"异常 {ty} {what} {verb}: {reading.value:g} {reading.unit} vs usual {r.predicted:.4g}",
+            evidence=Evidence(
+                detector=self.name, detector_version=self.version, statistic=self.statistic,
+                value=round(r.z, 4), threshold=None, window_start=_ts(start), window_end=reading.ts,
+                score=min(1.0, max(0.0, round(r.score, 9))),
+                details={"reading": reading.value, "baseline": round(r.predicted, 6), "sigma": round(r.sigma, 6),
+                         "model": r.model, "open_score": self.open_score},
+            ),
+            sent_at=reading.sent_at,
+        )
+
+
+class DetectionEngine:
+    def __init__(
+        self,
+        config: DetectConfig | None = None,
+        sites: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        if config is None:
+            config = default_config()
+        if sites:
+            config = dataclasses.replace(config, sites={**config.sites, **sites})
+        self.cfg = config
+        self.lateness_s = config.lateness_s
+        clock = LocalClock(config.tz)
+        sp = stat_params(config)
+        roc_score = float(config.section("statistical")["roc_score"])
+        self.health = SensorHealth(config)
+        self.thresholds: dict[SensorType, Any] = {}
+        air = AirQualityThreshold(config=config)
+        for ty in (SensorType.PM25, SensorType.PM10, SensorType.SO2, SensorType.NO2, SensorType.CO, SensorType.O3):
+            self.thresholds[ty] = air
+        self.thresholds[SensorType.NOISE] = NoiseThreshold(config)
+        self.thresholds[SensorType.WATER_LEVEL] = WaterLevelThreshold(config)
+        self.thresholds[SensorType.MANHOLE_GAS] = GasThreshold(config)
+        self.stat = StatAdapter(RobustSeasonal(sp, clock), "robust z of the reading vs seasonal baseline", sp.open_score)
+        self.roc = StatAdapter(RateOfChange(open_score=roc_score, warmup=sp.warmup), "robust z of |change| between readings", roc_score)
+        skip = config.section("statistical").get("skip_types") or []
+        self.stat_skip = {SensorType(s) for s in skip}
+        self.hotline = HotlineBurst(config)
+
+    @property
+    def detector_names(self) -> list[str]:
+        names = [self.health.name]
+        for d in self.thresholds.values():
+            if d.name not in names:
+                names.append(d.name)
+        return [*names, self.stat.name, self.roc.name, self.hotline.name]
+
+    def _check_late(self, states: States, t: float, subject: str, ts: datetime) -> None:
+        latest = states.get("_t")
+        if latest is not None:
+            if t < latest - self.lateness_s:
+                raise LateEvent(subject, ts, _ts(latest), self.lateness_s)
+            if t > latest:
+                states["_t"] = t
+        else:
+            states["_t"] = t
+
+    def step_reading(self, states: States | None, reading: SensorReading) -> tuple[States, list[Signal]]:
+        st: States = states if states is not None else {}
+        t = reading.ts.timestamp()
+        self._check_late(st, t, reading.sensor_id, reading.ts)
+        hs, signals = self.health.step(st.get(self.health.name), reading)
+        st[self.health.name] = hs
+        if hs["bad"]:
+            return st, signals
+        thr = self.thresholds.get(reading.sensor_type)
+        if thr is not None:
+            s, out = thr.step(st.get(thr.name), reading)
+            st[thr.name] = s
+            signals.extend(out)
+        if reading.sensor_type not in self.stat_skip:
+            for det in (self.stat, self.roc):
+                s, out = det.step(st.get(det.name), reading)
+                st[det.name] = s
+                signals.extend(out)
+        return st, signals
+
+    def step_hotline(self, states: States | None, event: HotlineEvent) -> tuple[States, list[Signal]]:
+        st: States = states if states is not None else {}
+        if not self.hotline.applies_to(event):
+            return st, []
+        t = event.ts.timestamp()
+        self._check_late(st, t, hotline_key(event), event.ts)
+        s, signals = self.hotline.step(st.get(self.hotline.name), event)
+        st[self.hotline.name] = s
+        return st, signals
+
+    def tick(self, states: States | None, watermark: datetime) -> tuple[States | None, list[Signal]]:
+        """Event-time progress for one subject: silence, closing hotline windows."""
+        if states is None:
+            return states, []
+        signals: list[Signal] = []
+        if self.health.name in states:
+            s, out = self.health.tick(states[self.health.name], watermark)
+            states[self.health.name] = s
+            signals.extend(out)
+        if self.hotline.name in states:
+            s, out = self.hotline.tick(states[self.hotline.name], watermark)
+            states[self.hotline.name] = s
+            signals.extend(out)
+        return states, signals
+
+    def tick_all(self, table: dict[str, States], watermark: datetime) -> list[Signal]:
+        """Tick every subject of a table (sorted, so the order is deterministic)."""
+        out: list[Signal] = []
+        for key in sorted(table):
+            states, signals = self.tick(table[key], watermark)
+            if states is not None:
+                table[key] = states
+            out.extend(signals)
+        return out

@@ -1,0 +1,268 @@
+"""Standards-based level thresholds (data in thresholds.yaml), per sensor type and site.
+
+- `NoiseThreshold`: rolling energy-equivalent level Leq against the GB 3096-2008
+  limit of the site's zone class, day (06-22) or night (22-06) local time;
+  severity by the exceedance in dB.
+- `WaterLevelThreshold`: median of the last readings against the site's
+  警戒水位 warning and 保证水位 guarantee levels (IV approaching, III warning,
+  II half way to guarantee, I guarantee).
+- `GasThreshold`: manhole combustible gas %LEL against fixed levels and the
+  site's alarm levels.
+
+All share one hysteresis: open at the first level, update when the severity
+changes, clear after `clear_after` readings below the first level minus a
+margin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas import Evidence, SensorReading, SensorType, Severity
+from streams.detectors.base import Signal, State
+from streams.detectors.config import DetectConfig, default_config
+from streams.detectors.localtime import LocalClock
+
+
+def _signal(det: Any, kind: str, reading: SensorReading, category: str, severity: Severity, start: float,
+            title: str, evidence: Evidence) -> Signal:  # fmt: skip
+    return Signal(
+        kind=kind,  # type: ignore[arg-type]
+        rule=f"{det.name}:{reading.sensor_type}",
+        subject=reading.sensor_id,
+        category=category,
+        sensor_type=str(reading.sensor_type),
+        severity=severity,
+        episode_start=datetime.fromtimestamp(start, UTC),
+        ts=reading.ts,
+        location=reading.location,
+        title=title,
+        evidence=evidence,
+        sent_at=reading.sent_at,
+    )
+
+
+def hysteresis(ep: list[Any] | None, sev: Severity | None, below_clear: bool, t: float,
+               clear_after: int) -> tuple[list[Any] | None, str | None]:  # fmt: skip
+    """Episode [start, severity, readings below clear] -> (episode, open|update|clear|None)."""
+    if ep is None:
+        if sev is not None:
+            return [t, sev.value, 0], "open"
+        return None, None
+    if sev is not None and sev.value != ep[1]:
+        ep[1] = sev.value
+        ep[2] = 0
+        return ep, "update"
+    if sev is None and below_clear:
+        ep[2] += 1
+        if ep[2] >= clear_after:
+            return None, "clear"
+        return ep, None
+    ep[2] = 0
+    return ep, None
+
+
+def _level(value: float, levels: list[tuple[float, Severity]]) -> Severity | None:
+    sev = None
+    for at, s in levels:
+        if value >= at:
+            sev = s
+    return sev
+
+
+class NoiseThreshold:
+    name = "noise_gb3096"
+    version = "1.0.0"
+
+    def __init__(self, config: DetectConfig | None = None) -> None:
+        self.cfg = config or default_config()
+        c = self.cfg.section("noise")
+        self.window_s = int(c["window_s"])
+        self.bucket_s = max(60, self.window_s // 6)
+        self.day_h = int(c["day_start_h"])
+        self.night_h = int(c["night_start_h"])
+        self.default_zone = str(c["default_zone"])
+        self.clear_margin = float(c["clear_margin"])
+        self.clear_after = int(c["clear_after"])
+        self.clock = LocalClock(self.cfg.tz)
+
+    def applies_to(self, reading: SensorReading) -> bool:
+        return reading.sensor_type is SensorType.NOISE
+
+    def zone(self, site: Mapping[str, Any]) -> str:
+        z = str(site.get("zone_class", self.default_zone)).lower()
+        z = "4a" if z == "4" else z
+        return z if z in self.cfg.noise_limits else self.default_zone
+
+    def step(self, state: State | None, reading: SensorReading) -> tuple[State, list[Signal]]:
+        st: State = state if state is not None else {"b": [], "ep": None}
+        t = reading.ts.timestamp()
+        b0 = int(t - t % self.bucket_s)
+        energy = 10.0 ** (reading.value / 10.0)
+        buckets: list[list[float]] = st["b"]
+        if buckets and buckets[-1][0] == b0:
+            buckets[-1][1] += energy
+            buckets[-1][2] += 1
+        elif not buckets or buckets[-1][0] < b0:
+            buckets.append([b0, energy, 1])
+        else:  # late within lateness: into its bucket if kept
+            for b in buckets:
+                if b[0] == b0:
+                    b[1] += energy
+                    b[2] += 1
+                    break
+        newest = buckets[-1][0]
+        buckets[:] = [b for b in buckets if b[0] > newest - self.window_s]
+        leq = 10.0 * math.log10(sum(b[1] for b in buckets) / sum(b[2] for b in buckets))
+        hour = self.clock.hour(t)
+        day = self.day_h <= hour < self.night_h
+        zone = self.zone(self.cfg.site(reading.sensor_id))
+        limit = self.cfg.noise_limits[zone][0 if day else 1]
+        excess = leq - limit
+        sev = _level(excess, self.cfg.noise_exceedance)
+        first = self.cfg.noise_exceedance[0][0]
+        ep, kind = hysteresis(st["ep"], sev, excess <= first - self.clear_margin, t, self.clear_after)
+        st["ep"] = ep
+        if kind is None:
+            return st, []
+        start = ep[0] if ep is not None else st["ep_last"]
+        if ep is not None:
+            st["ep_last"] = ep[0]
+        severity = sev if sev is not None else Severity(st.get("sev_last", "IV"))
+        if sev is not None:
+            st["sev_last"] = sev.value
+        ev = Evidence(
+            detector=self.name, detector_version=self.version,
+            statistic=f"Leq {self.window_s // 60} min vs GB 3096-2008 zone {zone} {'day' if day else 'night'} limit",
+            value=round(leq, 2), threshold=limit,
+            window_start=datetime.fromtimestamp(buckets[0][0], UTC), window_end=reading.ts,
+            details={"excess_db": round(excess, 2), "zone": zone, "period": "day" if day else "night", "local_hour": hour},
+        )  # fmt: skip
+        title = f"噪声超标 noise Leq {leq:.1f} dB(A) > {limit:.0f} (zone {zone}, {'day' if day else 'night'})"
+        return st, [_signal(self, kind, reading, "noise", severity, start, title, ev)]
+
+
+class _MedianLevel:
+    """Median of the last `k` readings against per-site levels."""
+
+    name = "level"
+    version = "1.0.0"
+    category = "level"
+    sensor_type: SensorType
+    k: int
+    clear_after: int
+
+    def levels(self, site: Mapping[str, Any]) -> list[tuple[float, Severity]]:
+        raise NotImplementedError
+
+    def clear_below(self, levels: list[tuple[float, Severity]]) -> float:
+        raise NotImplementedError
+
+    def statistic(self) -> str:
+        raise NotImplementedError
+
+    def applies_to(self, reading: SensorReading) -> bool:
+        return reading.sensor_type is self.sensor_type
+
+    def step(self, state: State | None, reading: SensorReading) -> tuple[State, list[Signal]]:
+        st: State = state if state is not None else {"v": [], "t0": None, "ep": None}
+        t = reading.ts.timestamp()
+        vals: list[float] = st["v"]
+        vals.append(reading.value)
+        if len(vals) > self.k:
+            del vals[0]
+        med = sorted(vals)[len(vals) // 2] if len(vals) % 2 else sum(sorted(vals)[len(vals) // 2 - 1:len(vals) // 2 + 1]) / 2
+        levels = self.levels(self.cfg.site(reading.sensor_id))
+        sev = _level(med, levels)
+        ep, kind = hysteresis(st["ep"], sev, med < self.clear_below(levels), t, self.clear_after)
+        st["ep"] = ep
+        if ep is not None:
+            st["start"] = ep[0]
+            st["sev"] = ep[1]
+        if kind is None:
+            return st, []
+        severity = sev if sev is not None else Severity(st["sev"])
+        ev = Evidence(
+            detector=self.name, detector_version=self.version, statistic=self.statistic(),
+            value=round(med, 4), threshold=levels[0][0],
+            window_start=reading.ts, window_end=reading.ts,
+            details={"levels": [[at, s.value] for at, s in levels], "last": vals[:], "unit": reading.unit},
+        )  # fmt: skip
+        title = f"{self.title_zh} {reading.sensor_type} {med:g} {reading.unit} >= {levels[0][0]:g}"
+        if kind == "clear":
+            title = f"{self.title_zh} cleared: {reading.sensor_type} {med:g} {reading.unit}"
+        return st, [_signal(self, kind, reading, self.category, severity, st["start"], title, ev)]
+
+    cfg: DetectConfig
+    title_zh = ""
+
+
+class WaterLevelThreshold(_MedianLevel):
+    name = "water_level"
+    version = "1.0.0"
+    category = "water"
+    sensor_type = SensorType.WATER_LEVEL
+    title_zh = "水位预警"
+
+    def __init__(self, config: DetectConfig | None = None) -> None:
+        self.cfg = config or default_config()
+        c = self.cfg.section("water_level")
+        self.default = c["default_site"]
+        self.approach = float(c["approach_fraction"])
+        self.k = int(c["median_of"])
+        self.margin = float(c["clear_margin_fraction"])
+        self.clear_after = int(c["clear_after"])
+
+    def levels(self, site: Mapping[str, Any]) -> list[tuple[float, Severity]]:
+        warn = float(site.get("warning_level", self.default["warning_level"]))
+        guar = float(site.get("guarantee_level", self.default["guarantee_level"]))
+        if guar <= warn:
+            guar = warn * 1.2 if warn > 0 else warn + 1.0
+        base = float(site.get("base_level", 0.0))
+        approach = base + self.approach * (warn - base)
+        return [(approach, Severity.IV), (warn, Severity.III), ((warn + guar) / 2, Severity.II), (guar, Severity.I)]
+
+    def clear_below(self, levels: list[tuple[float, Severity]]) -> float:
+        return levels[0][0] - self.margin * abs(levels[1][0])
+
+    def statistic(self) -> str:
+        return f"median of last {self.k} water levels vs site warning/guarantee levels"
+
+
+class GasThreshold(_MedianLevel):
+    name = "manhole_gas"
+    version = "1.0.0"
+    category = "gas"
+    sensor_type = SensorType.MANHOLE_GAS
+    title_zh = "燃气浓度报警"
+
+    def __init__(self, config: DetectConfig | None = None) -> None:
+        self.cfg = config or default_config()
+        c = self.cfg.section("manhole_gas")
+        self.base_levels = self.cfg.gas_levels
+        self.site_levels = {str(k): Severity(str(v)) for k, v in c["site_levels"].items()}
+        self.k = int(c["median_of"])
+        self.margin = float(c["clear_margin"])
+        self.clear_after = int(c["clear_after"])
+
+    def levels(self, site: Mapping[str, Any]) -> list[tuple[float, Severity]]:
+        site_pts = sorted(((float(site[k]), sev) for k, sev in self.site_levels.items() if k in site),
+                          key=lambda x: x[1].rank)  # fmt: skip
+        if not site_pts:
+            return list(self.base_levels)
+        lowest = min(at for at, _ in site_pts)
+        low_rank = min(s.rank for _, s in site_pts)
+        out = [(at, s) for at, s in self.base_levels if at < lowest and s.rank < low_rank]
+        for at, s in site_pts:
+            if not out or (at > out[-1][0] and s.rank > out[-1][1].rank):
+                out.append((at, s))
+        return out
+
+    def clear_below(self, levels: list[tuple[float, Severity]]) -> float:
+        return levels[0][0] - self.margin
+
+    def statistic(self) -> str:
+        return f"median of last {self.k} readings, %LEL vs alarm levels"
