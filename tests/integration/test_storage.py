@@ -76,12 +76,12 @@ def settings_for(database_url: str, kafka_bootstrap: str, schema: str, topics: T
 
 
 def reading(i: int, ts: datetime | None = None, sensor: str | None = None, value: float | None = None,
-            street: str | None = "望京街道") -> SensorReading:
+            street: str | None = "望京街道", district: str | None = None) -> SensorReading:
     return SensorReading.model_validate({
         "event_id": f"r-{i}", "sensor_id": sensor or f"s-{i % 7}", "sensor_type": "pm25",
         "value": value if value is not None else float(i % 300), "unit": "ug/m3",
         "ts": (ts or T0 + timedelta(seconds=i)).isoformat(),
-        "location": {"district": "朝阳区" if i % 2 else "海淀区", "street": street, "lat": 39.9, "lon": 116.4},
+        "location": {"district": district or ("朝阳区" if i % 2 else "海淀区"), "street": street, "lat": 39.9, "lon": 116.4},
     })
 
 
@@ -443,3 +443,62 @@ async def _compare_rollups(db: asyncpg.Connection) -> None:
             assert math.isclose(a["vsum"], b["vsum"], rel_tol=1e-9)
             assert math.isclose(a["vavg"], b["vavg"], rel_tol=1e-9)
 
+
+
+# ------------------------------------------------------------------ queries
+async def test_queries_series_alerts_areas(db: asyncpg.Connection) -> None:
+    from storage import queries
+    from storage.writer import prepare_connection
+
+    await prepare_connection(db)
+    now = T0 + timedelta(days=1)
+    rows = [reading_row(reading(i, ts=T0 + timedelta(seconds=30 * i), sensor="s-q", value=float(i % 50),
+                                district="朝阳区"))
+            for i in range(2 * 120)]  # two hours, every 30 s
+    rows += [reading_row(reading(1000 + i, ts=T0 + timedelta(minutes=i), sensor="s-h", value=float(i),
+                                 district="海淀区")) for i in range(60)]
+    await write_rows(db, SPECS["readings"], rows, "plain")
+    await refresh_rollups(db, now)
+
+    raw = await queries.sensor_series(db, "s-q", T0, T0 + timedelta(hours=2), now=now)
+    assert raw.resolution == "raw" and len(raw.points) == 240
+    minute = await queries.sensor_series(db, "s-q", T0, T0 + timedelta(days=2), now=now)
+    assert minute.resolution == "1m" and len(minute.points) == 120 and all(p.n == 2 for p in minute.points)
+    hour = await queries.sensor_series(db, "s-q", T0 - timedelta(days=20), T0 + timedelta(days=20), now=now)
+    assert hour.resolution == "1h" and [p.n for p in hour.points] == [120, 120]
+    assert math.isclose(sum(p.vavg * p.n for p in hour.points), sum(r[4] for r in rows if r[2] == "s-q"))
+    old = await queries.sensor_series(db, "s-q", T0, T0 + timedelta(hours=1), now=T0 + timedelta(days=40))
+    assert old.resolution == "1m"  # raw is past retention then
+
+    spec = SPECS["alerts"]
+    for k in range(5):
+        a = alert(f"a-{k}", 1, "new" if k % 2 else "acknowledged", "II" if k < 2 else "IV")
+        await write_rows(db, spec, [alert_row(a)], "plain")
+    await db.execute("UPDATE alerts SET last_seen = last_seen + make_interval(mins => "
+                     "substring(alert_id from 3)::int)")
+    page = await queries.list_alerts(db, limit=2)
+    assert [a.alert_id for a in page.items] == ["a-4", "a-3"] and page.next_cursor
+    page2 = await queries.list_alerts(db, limit=2, cursor=page.next_cursor)
+    assert [a.alert_id for a in page2.items] == ["a-2", "a-1"]
+    page3 = await queries.list_alerts(db, limit=2, cursor=page2.next_cursor)
+    assert [a.alert_id for a in page3.items] == ["a-0"] and page3.next_cursor is None
+    assert {a.alert_id for a in (await queries.list_alerts(db, status="new")).items} == {"a-1", "a-3"}
+    assert {a.alert_id for a in (await queries.list_alerts(db, severity=["II"], department="eco")).items} == {
+        "a-0", "a-1"}
+    assert (await queries.list_alerts(db, department="water")).items == []
+    assert len((await queries.list_alerts(db, district="朝阳区", rule="pm25_iaqi",
+                                           since=T0, until=T0 + timedelta(hours=1))).items) == 5
+    assert [a.revision for a in await queries.alert_history(db, "a-0")] == [1]
+    assert (await queries.list_incidents(db)).items == []
+
+    res, areas = await queries.area_aggregates(db, T0, T0 + timedelta(days=2), now=now)
+    assert res == "1m"
+    by_area = {a.area: a for a in areas}
+    assert set(by_area) == {"朝阳区", "海淀区"}
+    assert (by_area["朝阳区"].n, by_area["海淀区"].n) == (240, 60)
+    assert (by_area["海淀区"].vmin, by_area["海淀区"].vmax, by_area["海淀区"].vavg) == (0, 59, 29.5)
+    res_raw, areas_raw = await queries.area_aggregates(db, T0, T0 + timedelta(hours=3), now=now)
+    assert res_raw == "raw"
+    assert [(a.area, a.n, a.vmin, a.vmax) for a in areas_raw] == [(a.area, a.n, a.vmin, a.vmax) for a in areas]
+    for a, b in zip(areas_raw, areas, strict=True):
+        assert math.isclose(a.vavg, b.vavg)
