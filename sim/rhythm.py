@@ -30,7 +30,7 @@ TWO_PI = 2 * math.pi
 class Rhythm:
     mode: str  # "mul" | "add"
     hourly: tuple[float, ...]  # 24 values at hh:00 local
-    weekly: tuple[float, ...] = (1, 1, 1, 1, 1, 1, 1)  # Mon..Sun; factors ("mul") or offsets ("add")
+    weekly: tuple[float, ...] = ()  # Mon..Sun; factors ("mul") or offsets ("add"); () = none
     season_amp: float = 0.0
     season_peak_doy: int = 15
     season_mean: float = 0.0  # "add" only
@@ -108,8 +108,10 @@ def level(name: str, minute: int, weekday: int, doy: int) -> float:
     r = RHYTHMS[name]
     season = math.cos(TWO_PI * (doy - r.season_peak_doy) / 365.25)
     if r.mode == "mul":
-        return _MINUTES[name][minute] * r.weekly[weekday] * (1 + r.season_amp * season)
-    return _MINUTES[name][minute] + r.weekly[weekday] + r.season_mean + r.season_amp * season
+        week = r.weekly[weekday] if r.weekly else 1.0
+        return _MINUTES[name][minute] * week * (1 + r.season_amp * season)
+    week = r.weekly[weekday] if r.weekly else 0.0
+    return _MINUTES[name][minute] + week + r.season_mean + r.season_amp * season
 
 
 def levels(t: int) -> list[float]:
