@@ -3,8 +3,8 @@ category in one street (or grid, else district) before complaints pile up.
 
 Per (category, area) key: call counts in event-time buckets (15 min) over a
 sliding window (1 h), and the usual rate learned per bucket (an EWMA with a
-half-life of days, normalised by a city-wide diurnal profile so 3 a.m. and
-10 a.m. are each judged against their own usual level; a prior before any
+half-life of days, normalised by a city-wide diurnal profile (which only raises the
+usual level at busy hours, never lowers it below the average); a prior before any
 history). A burst is a window count >= `min_count` whose Poisson upper tail
 probability under the usual level is below `p_value`. The episode clears once
 the window count is back to within mean + 2 sd of the usual level; `tick`
@@ -67,9 +67,14 @@ class HotlineBurst:
         self.nb = int(c["window_s"]) // self.bucket_s
         self.min_count = int(c["min_count"])
         self.p_value = float(c["p_value"])
+        self.min_ratio = float(c.get("min_ratio", 3.0))
+        self.prior_weight = float(c.get("prior_weight_buckets", 8))
         self.prior = float(c["prior_per_hour"]) * self.bucket_s / 3600.0
         self.alpha = 1.0 - 0.5 ** (self.bucket_s / (float(c["learn_half_life_h"]) * 3600.0))
-        self.diurnal = [float(x) for x in c["diurnal"]]
+        # the city-wide rhythm only ever raises the usual level (a street whose
+        # calls do not follow it must not look like a burst every night)
+        floor = float(c.get("diurnal_floor", 1.0))
+        self.diurnal = [max(float(x), floor) for x in c["diurnal"]]
         self.clock = LocalClock(self.cfg.tz)
 
     def applies_to(self, event: HotlineEvent) -> bool:
@@ -88,12 +93,21 @@ class HotlineBurst:
         a = self.alpha
         # buckets last..bucket-1 are complete: learn from them (zeros in gaps in closed form)
         steps = min(bucket - last, 10_000)
+        seen = st.get("n", 0)
         for b in range(last, min(bucket, last + self.nb + 1)):
             c = counts.get(b, 0)
             if st["ep"] is None:  # a burst does not teach the usual level
-                lam += a * (c / self._factor(b) - lam)
+                seen += 1
+                # a running mean at first (no long cold start), then the half-life
+                lam += max(a, 1.0 / (seen + self.prior_weight)) * (c / self._factor(b) - lam)
         if steps > self.nb + 1:
-            lam *= (1.0 - a) ** (steps - self.nb - 1)
+            rest = steps - self.nb - 1
+            if seen < 1.0 / a:  # still learning: zeros count as a running mean
+                lam *= (seen + self.prior_weight) / (seen + self.prior_weight + rest)
+                seen += rest
+            else:
+                lam *= (1.0 - a) ** rest
+        st["n"] = min(seen, 100_000)
         st["lam"] = max(lam, 1e-6)
         st["cur"] = bucket
         st["b"] = [[b, c] for b, c in st["b"] if b > bucket - self.nb]
@@ -103,7 +117,7 @@ class HotlineBurst:
         count = sum(c for _, c in st["b"])
         mu = sum(st["lam"] * self._factor(b) for b in range(cur - self.nb + 1, cur + 1))
         p = poisson_sf(count, mu)
-        burst = count >= self.min_count and p < self.p_value
+        burst = count >= self.min_count and p < self.p_value and count >= self.min_ratio * mu
         ev = {"count": count, "usual": round(mu, 4), "p": p, "window_start": (cur - self.nb + 1) * self.bucket_s,
               "window_end": (cur + 1) * self.bucket_s}  # fmt: skip
         ep = st["ep"]

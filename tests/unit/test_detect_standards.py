@@ -83,10 +83,10 @@ def test_noise_day_and_night_limits_by_zone_local_time() -> None:
     cfg = load_config(sites={"n-1": {"zone_class": 1}, "n-4": {"zone_class": "4b"}})
     det = NoiseThreshold(cfg)
     # 57 dB(A) at 08:00 Beijing: zone 1 day limit 55 -> +2 dB, below the first level (3 dB)
-    st, sig = det.step(None, rd("noise", 57.0, 0, "n-1"))
+    _, sig = det.step(None, rd("noise", 57.0, 0, "n-1"))
     assert sig == []
     # 50 dB(A) at 23:00 Beijing (15:00 UTC): zone 1 night limit 45 -> +5 dB: IV
-    st, sig = det.step(None, rd("noise", 50.0, 15 * 60, "n-1"))
+    _, sig = det.step(None, rd("noise", 50.0, 15 * 60, "n-1"))
     assert [s.kind for s in sig] == ["open"] and sig[0].severity is Severity.IV
     assert sig[0].evidence.threshold == 45 and sig[0].evidence.details["period"] == "night"
     # 4b night limit is 60: 62 dB(A) is fine
@@ -128,7 +128,7 @@ def test_gas_levels_and_site_alarm_levels() -> None:
 
 
 def test_thresholds_file_is_validated(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="noise.limits"):
+    with pytest.raises(ConfigError, match=r"noise\.limits"):
         load_config(overrides={"noise": {"limits": {"2": {"day": "loud", "night": 50}}}})
     with pytest.raises(ConfigError, match="hysteresis"):
         load_config(overrides={"statistical": {"clear_score": 0.99999}})
