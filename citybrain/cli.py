@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "connectors.cli",
     "connectors.dlq_cli",
     "streams.cli",
+    "streams.rules_cli",
     "streams.detect_cli",
     "storage.cli",
     "sim.cli",
