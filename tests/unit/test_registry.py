@@ -127,3 +127,13 @@ async def test_postgres_loader_maps_rows() -> None:
     assert row_to_record(row)["location"] == {"district": "朝阳区", "street": "望京街道", "lat": 39.99, "lon": 116.47}
     reg = await load_from_postgres(_FakeConn([row]))
     assert reg.by_dev_eui("70B3D57ED005A1C1")[0].site == {"kind": "roadside"}
+
+
+def test_the_simulators_exported_registry_loads() -> None:
+    from sim.fleet import build_city, registry
+
+    records = registry(build_city(7, sensors=60))
+    reg = DeviceRegistry.from_records(records, source="sim")
+    first = records[0]
+    assert reg.by_dev_eui(first["dev_eui"].lower())[0].sensor_id == first["sensor_id"]
+    assert reg.by_device_id(first["device_id"])[0].sensor_id == first["sensor_id"]
