@@ -9,7 +9,7 @@ the ground truth (labels) to score detection against.
 """
 
 from sim.fleet import City, Sensor, build_city, registry
-from sim.generate import Event, Reading, generate
+from sim.generate import Event, Reading, generate, simulate, validated
 from sim.geo import Geography, load_geography
 from sim.hotline import Call
 from sim.scenario import FAULT_KINDS, INCIDENT_KINDS, FaultSpec, IncidentSpec, Label, Scenario, plan
@@ -32,4 +32,6 @@ __all__ = [
     "load_geography",
     "plan",
     "registry",
+    "simulate",
+    "validated",
 ]

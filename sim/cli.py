@@ -20,13 +20,18 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from citybrain.errors import ConfigError
 from sim.fleet import City
 from sim.generate import generate
+from sim.hotline import iso
 from sim.output import FileSink, Progress, write_events, write_meta
 from sim.scenario import FAULT_KINDS, INCIDENT_KINDS, Scenario
 from sim.scenarios import DEMO_DURATION, DEMO_SENSORS, DEMO_SPEED, city, demo
 
+MAX_BATCH = 10_000  # readings per message the native decoder accepts
+MAX_PAST = timedelta(days=7)  # oldest event time the connectors accept
 EXPORT_START = datetime(2025, 7, 1, 0, 0, tzinfo=UTC)  # 08:00 in Beijing
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -97,12 +102,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     speed = args.speed if args.speed is not None else (DEMO_SPEED if args.scenario == "demo" else 1.0)
     if speed < 0:
         raise ConfigError("speed must be >= 0 (0: as fast as possible)")
-    start = parse_start(args.start) if args.start else live_start(datetime.now(UTC), duration, speed or None)
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise ConfigError(f"batch must be 1..{MAX_BATCH} readings (the connectors refuse bigger batches)")
+    now = datetime.now(UTC)
+    start = parse_start(args.start) if args.start else live_start(now, duration, speed or None)
+    if not args.start and start < now - MAX_PAST:
+        raise ConfigError("this run would start more than 7 days in the past, which the connectors reject; "
+                          "raise --speed or shorten --duration")
     c, sc = build(args, start, duration)
     try:
         settings = PublishSettings(publisher=args.publisher, topic_root=args.topic_root)  # type: ignore[call-arg]
-    except Exception as exc:  # pydantic ValidationError: the URL is missing
-        raise ConfigError(f"MQTT_PUBLISH_URL is not set ({type(exc).__name__}); source .run/stack.env") from None
+    except ValidationError:
+        raise ConfigError("MQTT_PUBLISH_URL is not set; source .run/stack.env") from None
     if args.out:
         write_meta(c, sc, Path(args.out))
     pub = Publisher(settings)
@@ -123,8 +134,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def iso_range(sc: Scenario) -> str:
-    from sim.hotline import iso
-
     return f"{iso(sc.start)} .. {iso(sc.end)}"
 
 

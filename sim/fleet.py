@@ -90,6 +90,10 @@ class City:
             if s.sensor_type is sensor_type and (site_kind is None or s.site.get("kind") == site_kind)
         ]
 
+    def readings_per_second(self) -> float:
+        """The fleet's natural event-time rate; publishing at speed k offers k times this."""
+        return sum(1 / s.interval_s for s in self.sensors)
+
     def sensor(self, sensor_id: str) -> Sensor:
         for s in self.sensors:
             if s.sensor_id == sensor_id:

@@ -18,13 +18,16 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from schemas import CATALOGUE, SensorReading
+from pydantic import ValidationError
+
+from schemas import CATALOGUE, HotlineEvent, SensorReading
 from sim.fleet import City, Sensor
 from sim.hotline import Call, background_calls, iso
-from sim.scenario import Scenario
+from sim.scenario import FaultSpec, IncidentSpec, Scenario, plan
 
 NOISE_TAU_S = 600.0  # correlation time of sensor noise
 
@@ -164,3 +167,30 @@ def generate(city: City, scenario: Scenario) -> Iterator[Event]:
     while nxt is not None and nxt.t < scenario.end:
         yield nxt
         nxt = next(calls, None)
+
+
+def simulate(
+    city: City,
+    start: datetime,
+    duration: timedelta,
+    incidents: Sequence[str | IncidentSpec] = (),
+    faults: int | Sequence[str | FaultSpec] = 0,
+    seed: int = 0,
+    calls_per_hour: float = 30.0,
+) -> tuple[Scenario, Iterator[Event]]:
+    """`plan` + `generate` in one call: the labels (scenario.labels) and the events."""
+    scenario = plan(city, start, duration, incidents=incidents, faults=faults, seed=seed,
+                    calls_per_hour=calls_per_hour)
+    return scenario, generate(city, scenario)
+
+
+def validated(events: Iterable[Event], skip_invalid: bool = False) -> Iterator[SensorReading | HotlineEvent]:
+    """The validated path: wire models instead of payloads. An out-of-range
+    fault reading fails validation (as at ingestion): it raises, or is
+    skipped with `skip_invalid`. Calls come without the caller (no PII key here)."""
+    for ev in events:
+        try:
+            yield ev.model()
+        except ValidationError:
+            if not skip_invalid:
+                raise

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from citybrain.cli import main
 from citybrain.errors import ConfigError
 from schemas import HotlineEvent, SensorReading
-from sim import Reading, build_city, generate, plan
+from sim import Reading, build_city, generate, plan, simulate, validated
 from sim.cli import live_start, parse_duration
 from sim.mqtt import PublishSettings, parse_url, publish_events
 from sim.output import Progress, write_events, write_meta
@@ -97,6 +98,10 @@ def test_files_labels_and_registry(tmp_path: Path) -> None:
     assert len(json.loads((tmp_path / "devices.json").read_text())) == 30
     assert json.loads((tmp_path / "scenario.json").read_text())["sensors"] == 30
     assert json.loads((tmp_path / "labels.json").read_text()) == []
+    # the connectors map LoRaWAN uplinks to sensors with this very file
+    from connectors.registry import DeviceRegistry
+
+    assert len(DeviceRegistry.from_file(tmp_path / "devices.json").entries) == 30
 
 
 def test_progress_bar_draws_on_its_stream() -> None:
@@ -140,8 +145,17 @@ def test_time_helpers() -> None:
         parse_url("http://x")
 
 
-def test_reading_json_fast_path_equals_payload() -> None:
+def test_reading_json_fast_path_equals_payload_and_validated_path() -> None:
     city, sc = small_run(3)
     for r in generate(city, sc):
         if isinstance(r, Reading):
             assert orjson.loads(r.json()) == r.payload()
+    scenario, events = simulate(city, JULY, timedelta(hours=1), faults=["out_of_range"], seed=2)
+    models = list(validated(events, skip_invalid=True))
+    assert models and all(isinstance(m, SensorReading | HotlineEvent) for m in models)
+    bad = scenario.labels[0]
+    assert not any(isinstance(m, SensorReading) and m.sensor_id == bad.sensor_ids[0]
+                   and bad.start <= m.ts.timestamp() < bad.end for m in models)
+    with pytest.raises(ValidationError):
+        list(validated(simulate(city, JULY, timedelta(hours=1), faults=["out_of_range"], seed=2)[1]))
+    assert 0.3 < city.readings_per_second() < 30 * 0.11
