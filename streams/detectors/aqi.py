@@ -146,13 +146,18 @@ class AirQualityThreshold:
         t = int(reading.ts.timestamp())
         b0 = t - t % self.bucket_s
         buckets: list[list[float]] = st["buckets"]
+        new_bucket = not buckets or buckets[-1][0] != b0
         # buckets are [start, sum, count], oldest first; late readings fall into their own bucket
         _add(buckets, b0, reading.value)
         newest = buckets[-1][0]
         horizon = newest - self.window_s + self.bucket_s
-        st["buckets"] = buckets = [b for b in buckets if b[0] >= horizon]
-        total = sum(b[1] for b in buckets)
-        count = sum(b[2] for b in buckets)
+        if buckets[0][0] < horizon:
+            st["buckets"] = buckets = [b for b in buckets if b[0] >= horizon]
+        total = 0.0
+        count = 0
+        for b in buckets:
+            total += b[1]
+            count += int(b[2])
         mean = total / count
         pol = str(reading.sensor_type)
         table = REALTIME_TABLE[SensorType(reading.sensor_type)]
@@ -160,20 +165,28 @@ class AirQualityThreshold:
         details: dict[str, object] = {"mean": round(mean, 3), "readings": count, "unit": reading.unit}
         longs = self.long_periods.get(pol, [])
         if longs:
+            # hourly buckets [hour index, sum, count]; long means re-evaluated once per short bucket
             hours: list[list[float]] = st.setdefault("hours", [])
-            _add(hours, t - t % 3600, reading.value)
+            _add(hours, t // 3600, reading.value)
             h_newest = hours[-1][0]
-            st["hours"] = hours = [h for h in hours if h[0] > h_newest - self.hours_kept * 3600]
-            for w, tab in longs:
-                sel = [h for h in hours if h[0] > h_newest - w]
-                n = sum(h[2] for h in sel)
-                covered = len(sel) * 3600 >= w / 4
-                m = sum(h[1] for h in sel) / n
-                v = iaqi(tab, m)
-                details[f"iaqi_{tab}_{w // 3600}h"] = v if covered else None
-                details[f"mean_{w // 3600}h"] = round(m, 3)
-                if covered and not pol.startswith("pm") and v > index:
-                    index, table = v, tab
+            if hours[0][0] <= h_newest - self.hours_kept:
+                st["hours"] = hours = [h for h in hours if h[0] > h_newest - self.hours_kept]
+            if new_bucket or "long" not in st:
+                long: dict[str, list[float]] = {}
+                for w, tab in longs:
+                    sel = [h for h in hours if h[0] > h_newest - w // 3600]
+                    n = sum(h[2] for h in sel)
+                    m = sum(h[1] for h in sel) / n
+                    covered = len(sel) * 3600 >= w / 4
+                    long[tab] = [w, round(m, 3), iaqi(tab, m) if covered else -1]
+                st["long"] = long
+            for tab, (w, m, v) in st["long"].items():
+                details[f"iaqi_{tab}_{int(w) // 3600}h"] = int(v) if v >= 0 else None
+                details[f"mean_{int(w) // 3600}h"] = m
+                if v >= 0 and not pol.startswith("pm") and v > index:
+                    index, table = int(v), tab
+        for b in (buckets[-1], st["hours"][-1]) if longs else (buckets[-1],):
+            b[1] = round(b[1], 4)
         sev = severity_for_aqi(index, self.cfg.air_severity)
         w_start = datetime.fromtimestamp(buckets[0][0], UTC)
         w_end = datetime.fromtimestamp(newest + self.bucket_s, UTC)

@@ -172,19 +172,24 @@ class RobustSeasonal:
         st["sb"] = sb + a_s * (ars - sb)
         # profile: learn x - level (before this reading's level move) in the two bins
         dev = x - b
+        nd = st.get("nd")
+        if nd is None or n & 63 == 0:
+            # stored profile precision: ~1e-5 of the series' spread (keeps the state small)
+            ref = sb if sb > floor else floor
+            st["nd"] = nd = max(0, min(15, 5 - math.floor(math.log10(ref))))
         for i, w in ((i0, w0), (i1, w1)):
             if w <= 0.0 or a_s == 0.0:
                 continue
             c = C[i] + w
-            C[i] = c if c < 1000.0 else 1000.0
+            C[i] = round(c, 2) if c < 1000.0 else 1000.0
             a = w / c if w / c > p.alpha_bin * w else p.alpha_bin * w
             m = M[i]
             e = dev - m
             if C[i] >= p.bin_warm and n > 10:
                 lim = p.clip * sig_s
                 e = e if -lim <= e <= lim else (lim if e > 0 else -lim)
-            M[i] = m + a * e
-            S[i] += a * (ars - S[i])
+            M[i] = round(m + a * e, nd)
+            S[i] = round(S[i] + a * (ars - S[i]), nd)
 
         # calibrated score
         q = st["q"]

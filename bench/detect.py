@@ -1,0 +1,180 @@
+"""`python -m bench.detect`: per-reading cost of every detector, pure Python.
+
+For each detector: the median over `--runs` runs of (time for N readings / N),
+in microseconds, on synthetic data with a daily rhythm and noise (one sensor,
+readings built beforehand so pydantic parsing is not counted). Also the state
+size per sensor, len(json.dumps(state)), after a week of readings. The last
+line is one JSON object {"bench": "detect", ...}.
+
+Readings/s through a Faust worker on a real broker is measured by the stream
+benchmarks, not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas import HotlineEvent, SensorReading
+from streams.detectors.aqi import AirQualityThreshold
+from streams.detectors.engine import DetectionEngine
+from streams.detectors.health import SensorHealth
+from streams.detectors.hotline import HotlineBurst
+from streams.detectors.stats import RateOfChange, RobustSeasonal
+from streams.detectors.thresholds import GasThreshold, NoiseThreshold, WaterLevelThreshold
+
+T0 = datetime(2025, 7, 1, tzinfo=UTC)
+LOC = {"district": "朝阳区", "street": "望京街道", "grid": "g-1", "lat": 39.99, "lon": 116.47}
+TYPES = {
+    "pm25": ("ug/m3", 60, lambda i, r: max(0.0, 60 + 25 * math.sin(i / 229.0) + r.gauss(0, 4))),
+    "noise": ("dB(A)", 10, lambda i, r: 55 + 8 * math.sin(i / 1375.0) + r.gauss(0, 1.5)),
+    "water_level": ("m", 30, lambda i, r: 1.5 + 0.02 * math.sin(i / 458.0) + r.gauss(0, 0.01)),
+    "manhole_gas": ("%LEL", 30, lambda i, r: max(0.0, round(0.8 + r.gauss(0, 0.25), 1))),
+    "traffic_flow": ("veh/h", 60, lambda i, r: max(0.0, round(1800 + 900 * math.sin(i / 229.0) + r.gauss(0, 100)))),
+}
+
+
+def readings(ty: str, n: int, seed: int = 1) -> list[SensorReading]:
+    unit, interval, f = TYPES[ty]
+    rng = random.Random(seed)
+    return [
+        SensorReading.model_construct(
+            event_id=f"e-{i}", sensor_id=f"{ty}-1", sensor_type=ty, value=float(f(i, rng)), unit=unit,
+            ts=T0 + timedelta(seconds=interval * i), location=_LOC, sent_at=None, source=None, schema_version=1,
+        )  # fmt: skip
+        for i in range(n)
+    ]
+
+
+_LOC = SensorReading.model_validate({
+    "event_id": "x", "sensor_id": "x", "sensor_type": "pm25", "value": 1.0, "unit": "ug/m3",
+    "ts": T0.isoformat(), "location": LOC,
+}).location  # fmt: skip
+
+
+def timed(fn: Callable[[], int], runs: int) -> tuple[float, list[float]]:
+    per = []
+    for _ in range(runs):
+        gc.collect()
+        t0 = time.perf_counter()
+        n = fn()
+        per.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(per), per
+
+
+def bench_core(core: RobustSeasonal | RateOfChange, xs: list[tuple[float, float]]) -> Callable[[], int]:
+    def go() -> int:
+        st: Any = None
+        upd = core.update
+        for t, x in xs:
+            st, _ = upd(st, t, x)
+        return len(xs)
+
+    return go
+
+
+def bench_step(det: Any, rs: list[Any]) -> Callable[[], int]:
+    def go() -> int:
+        st: Any = None
+        step = det.step
+        for r in rs:
+            st, _ = step(st, r)
+        return len(rs)
+
+    return go
+
+
+def bench_engine(eng: DetectionEngine, rs: list[SensorReading]) -> Callable[[], int]:
+    def go() -> int:
+        st: Any = None
+        step = eng.step_reading
+        for r in rs:
+            st, _ = step(st, r)
+        return len(rs)
+
+    return go
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.detect", description=__doc__.splitlines()[0])
+    ap.add_argument("--readings", type=int, default=20_000, help="readings per run (default %(default)s)")
+    ap.add_argument("--runs", type=int, default=5, help="runs per detector; the median is reported")
+    args = ap.parse_args(argv)
+    n, runs = args.readings, args.runs
+    eng = DetectionEngine()
+    pm = readings("pm25", n)
+    tf = readings("traffic_flow", n)
+    xs = [(r.ts.timestamp(), r.value) for r in tf]
+    cases: list[tuple[str, Callable[[], int]]] = [
+        ("robust_seasonal", bench_core(eng.stat.core, xs)),
+        ("rate_of_change", bench_core(eng.roc.core, xs)),
+        ("sensor_health", bench_step(SensorHealth(), tf)),
+        ("aqi_threshold", bench_step(AirQualityThreshold(), pm)),
+        ("noise_gb3096", bench_step(NoiseThreshold(), readings("noise", n))),
+        ("water_level", bench_step(WaterLevelThreshold(), readings("water_level", n))),
+        ("manhole_gas", bench_step(GasThreshold(), readings("manhole_gas", n))),
+        ("engine_pm25", bench_engine(eng, pm)),
+        ("engine_traffic_flow", bench_engine(eng, tf)),
+    ]
+    hot = [
+        HotlineEvent.model_validate({
+            "event_id": f"h-{i}", "ticket_id": f"t-{i}", "kind": "created", "category": "noise",
+            "ts": (T0 + timedelta(seconds=97 * i)).isoformat(), "location": LOC,
+        })  # fmt: skip
+        for i in range(min(n, 20_000))
+    ]
+    cases.append(("hotline_burst", bench_step(HotlineBurst(), hot)))
+    results: dict[str, float] = {}
+    print(f"detector benchmark: {n} readings x {runs} runs, median us/reading (pure Python, one core)")
+    for name, fn in cases:
+        med, per = timed(fn, runs)
+        results[name] = round(med, 2)
+        print(f"  {name:22s} {med:8.2f} us/reading   runs: {', '.join(f'{p:.2f}' for p in per)}")
+
+    # state bytes per sensor after a week at the catalogue interval
+    sizes: dict[str, int] = {}
+    for ty, (_, interval, _) in TYPES.items():
+        rs = readings(ty, 7 * 86400 // interval, seed=2)
+        st: Any = None
+        for r in rs:
+            st, _ = eng.step_reading(st, r)
+        sizes[ty] = len(json.dumps(st))
+        for k, v in st.items():
+            if not k.startswith("_"):
+                sizes[f"{ty}.{k}"] = len(json.dumps(v))
+    hst: Any = None
+    for ev in hot:
+        hst, _ = eng.step_hotline(hst, ev)
+    sizes["hotline_key"] = len(json.dumps(hst))
+    print("state bytes per sensor (len(json.dumps(state)) after a week):")
+    for k, v in sizes.items():
+        print(f"  {k:32s} {v:6d}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    conditions = {
+        "python": platform.python_version(), "implementation": platform.python_implementation(),
+        "machine": platform.machine(), "cpus": os.cpu_count(), "loadavg_1m": load,
+        "readings_per_run": n, "runs": runs,
+    }  # fmt: skip
+    print(f"conditions: {json.dumps(conditions)}")
+    print(json.dumps({
+        "bench": "detect", "unit": "us/reading (median of runs)", "us_per_reading": results,
+        "state_bytes": {k: v for k, v in sizes.items() if "." not in k},
+        "state_bytes_by_detector": {k: v for k, v in sizes.items() if "." in k},
+        "target_us_statistical": 10, "target_state_bytes": 2048, "conditions": conditions,
+    }, ensure_ascii=False))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
