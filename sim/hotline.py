@@ -49,9 +49,9 @@ TEMPLATES: dict[HotlineCategory, tuple[str, ...]] = {
         "{community}自来水发黄，有异味，不敢用。",
     ),
     C.FLOODING: (
-        "{road}桥下积水很深，已经有车辆熄火被困。",
+        "{road}积水很深，已经有车辆熄火被困。",
         "{community}门口积水没过脚踝，下水道往外冒水。",
-        "{street}{road}下凹桥积水严重，建议马上封路。",
+        "{street}{road}附近积水严重，建议马上封路。",
         "{community}地下车库进水了，请求排水支援。",
         "{road}路面大面积积水，公交车都过不去了。",
     ),

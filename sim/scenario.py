@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from citybrain.errors import ConfigError
@@ -403,6 +403,16 @@ def _fault(p: _Planner, spec: FaultSpec, lid: str) -> None:
     ))
 
 
+def _in_season(kind: str, t: int) -> bool:
+    """For "all": no heating outage in summer, no rainstorm outside May-September
+    (Beijing's flood season proper is June to mid-September)."""
+    if kind == "heating_outage":
+        return in_heating_season(t)
+    if kind == "rainstorm":
+        return 5 <= datetime.fromtimestamp(t + 8 * H, UTC).month <= 9
+    return True
+
+
 def plan(
     city: City,
     start: datetime,
@@ -415,7 +425,8 @@ def plan(
     """Decide everything that happens in [start, start + duration).
 
     `incidents`: kinds (see INCIDENT_KINDS) or specs; "all" = every kind that
-    fits the season. `faults`: a count (kinds taken in turn, so 5 gives one of
+    fits the season (an explicitly named kind is injected in any season but
+    heating_outage, which needs the heating season). `faults`: a count (kinds taken in turn, so 5 gives one of
     each) or kinds/specs."""
     if start.tzinfo is None:
         raise ConfigError("start must carry a timezone")
@@ -423,17 +434,22 @@ def plan(
         raise ConfigError("duration must be positive")
     t_start = int(start.timestamp())
     p = _Planner(city, t_start, t_start + int(duration.total_seconds()), seed)
-    wanted: list[str | IncidentSpec] = []
+    wanted: list[tuple[str | IncidentSpec, bool]] = []  # (what, required)
     for item in incidents:
         if item == "all":
-            wanted += [k for k in INCIDENT_KINDS if k != "heating_outage" or in_heating_season(t_start)]
+            wanted += [(k, False) for k in INCIDENT_KINDS if _in_season(k, t_start)]
         else:
-            wanted.append(item)
-    for n, item in enumerate(wanted):
+            wanted.append((item, True))
+    for n, (item, required) in enumerate(wanted):
         spec = item if isinstance(item, IncidentSpec) else IncidentSpec(kind=item)
         if spec.kind not in _INCIDENTS:
             raise ConfigError(f"unknown incident {spec.kind!r}; known: {', '.join(INCIDENT_KINDS)}")
-        _INCIDENTS[spec.kind](p, spec, f"inc-{seed}-{n}-{spec.kind}")
+        try:
+            _INCIDENTS[spec.kind](p, spec, f"inc-{seed}-{n}-{spec.kind}")
+        except ConfigError:
+            # "all" means all that this city can show: a fleet without manholes has no gas leak
+            if required:
+                raise
     fault_items = [FAULT_KINDS[i % len(FAULT_KINDS)] for i in range(faults)] if isinstance(faults, int) else faults
     for n, f in enumerate(fault_items):
         fspec = f if isinstance(f, FaultSpec) else FaultSpec(kind=f)

@@ -279,6 +279,8 @@ def test_heating_outage_is_hotline_only_and_only_in_winter() -> None:
         plan(city, JULY, timedelta(hours=12), incidents=["heating_outage"], seed=17)
     assert "heating_outage" not in {lb.kind for lb in plan(city, JULY, timedelta(hours=12), incidents=["all"],
                                                            seed=17).labels}
+    winter = {lb.kind for lb in plan(city, JANUARY, timedelta(hours=12), incidents=["all"], seed=17).labels}
+    assert "heating_outage" in winter and "rainstorm" not in winter
 
 
 def test_incidents_need_their_sensors() -> None:
@@ -287,6 +289,9 @@ def test_incidents_need_their_sensors() -> None:
         plan(city, JULY, timedelta(hours=3), incidents=["rainstorm"])
     with pytest.raises(ConfigError, match="unknown incident"):
         plan(city, JULY, timedelta(hours=3), incidents=["meteor"])
+    # "all" is all this city can show: noise sensors only, so night works and nothing else
+    assert [lb.kind for lb in plan(city, JULY, timedelta(hours=24), incidents=["all"]).labels] == [
+        "night_construction"]
 
 
 # --------------------------------------------------- wire forms, order, seeds
