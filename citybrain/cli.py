@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "storage.cli",
     "sim.cli",
     "citybrain.demo",
+    "opscenter.cli",
 ]
 
 

@@ -1,0 +1,522 @@
+"""SQL of the operations center against storage's tables (alerts,
+alert_history, alert_actions, incidents, hotline_events, readings and the
+1-minute / 1-hour rollups). Read-only; every function takes a connection
+(or pool) and plain values, so the API, the reports and the benchmark share it.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias
+
+import asyncpg
+import orjson
+
+OPEN_STATUSES = ("new", "dispatched", "acknowledged", "reopened")
+UNACKED_STATUSES = ("new", "dispatched", "reopened")
+DONE_STATUSES = ("resolved", "closed", "cleared")
+SEVERITIES = ("I", "II", "III", "IV")
+
+Conn: TypeAlias = Any  # asyncpg.Connection or asyncpg.Pool
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(*parts: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([p.isoformat() if isinstance(p, datetime) else p
+                                                  for p in parts])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, n: int) -> list[Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        parts = orjson.loads(raw)
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise BadCursor("cursor is not one this API returned") from exc
+    if not isinstance(parts, list) or len(parts) != n:
+        raise BadCursor("cursor is not one this API returned")
+    return parts
+
+
+def _time(text: Any) -> datetime:
+    try:
+        t = datetime.fromisoformat(str(text))
+    except ValueError as exc:
+        raise BadCursor("cursor is not one this API returned") from exc
+    if t.tzinfo is None:
+        raise BadCursor("cursor is not one this API returned")
+    return t
+
+
+class Where:
+    """A small WHERE builder with numbered parameters."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.args: list[Any] = []
+
+    def arg(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def add(self, sql: str, *values: Any) -> None:
+        names = [self.arg(v) for v in values]
+        self.parts.append(sql.format(*names))
+
+    def sql(self) -> str:
+        return (" WHERE " + " AND ".join(self.parts)) if self.parts else ""
+
+
+# ------------------------------------------------------------------ alerts
+@dataclass(frozen=True, slots=True)
+class AlertFilter:
+    status: Sequence[str] = ()
+    severity: Sequence[str] = ()
+    department: str | None = None
+    district: str | None = None
+    street: str | None = None
+    rule: str | None = None
+    category: str | None = None
+    subject: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    open_only: bool = False
+    visible_to: str | None = None  # a department principal sees only its own
+
+
+ALERT_LIST_COLUMNS = ("alert_id, revision, rule, subject, category, sensor_type, severity, colour, status, title, "
+                      "district, street, grid, lat, lon, departments, first_seen, last_seen, count, peak_severity, "
+                      "evidence::text AS evidence")
+
+
+def _alert_where(f: AlertFilter) -> Where:
+    w = Where()
+    if f.status:
+        w.add("status = ANY({0})", list(f.status))
+    if f.open_only:
+        w.add("status = ANY({0})", list(OPEN_STATUSES))
+    if f.severity:
+        w.add("severity = ANY({0})", list(f.severity))
+    if f.department:
+        w.add("departments @> ARRAY[{0}]::text[]", f.department)
+    if f.visible_to:
+        w.add("departments @> ARRAY[{0}]::text[]", f.visible_to)
+    if f.district:
+        w.add("district = {0}", f.district)
+    if f.street:
+        w.add("street = {0}", f.street)
+    if f.rule:
+        w.add("rule = {0}", f.rule)
+    if f.category:
+        w.add("category = {0}", f.category)
+    if f.subject:
+        w.add("subject = {0}", f.subject)
+    if f.since:
+        w.add("last_seen >= {0}", f.since)
+    if f.until:
+        w.add("first_seen < {0}", f.until)
+    return w
+
+
+async def list_alerts(conn: Conn, f: AlertFilter, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    w = _alert_where(f)
+    if cursor:
+        ts, aid = decode_cursor(cursor, 2)
+        w.add("(last_seen, alert_id) < ({0}, {1})", _time(ts), str(aid))
+    sql = (f"SELECT {ALERT_LIST_COLUMNS} FROM alerts{w.sql()} "
+           f"ORDER BY last_seen DESC, alert_id DESC LIMIT {int(limit) + 1}")
+    rows = await conn.fetch(sql, *w.args)
+    items = [alert_record(r) for r in rows[:limit]]
+    nxt = encode_cursor(rows[limit - 1]["last_seen"], rows[limit - 1]["alert_id"]) if len(rows) > limit else None
+    return items, nxt
+
+
+async def count_alerts(conn: Conn, f: AlertFilter) -> int:
+    w = _alert_where(f)
+    return int(await conn.fetchval(f"SELECT count(*) FROM alerts{w.sql()}", *w.args))
+
+
+def alert_record(r: asyncpg.Record) -> dict[str, Any]:
+    d = dict(r)
+    d["departments"] = list(d["departments"])
+    d["evidence"] = orjson.loads(d["evidence"])
+    d["location"] = {k: d.pop(k) for k in ("district", "street", "grid", "lat", "lon")}
+    return d
+
+
+async def get_alert(conn: Conn, alert_id: str) -> dict[str, Any] | None:
+    r = await conn.fetchrow(f"SELECT {ALERT_LIST_COLUMNS}, payload::text AS payload FROM alerts WHERE alert_id = $1",
+                            alert_id)
+    if r is None:
+        return None
+    d = alert_record(r)
+    d["payload"] = orjson.loads(d["payload"])
+    return d
+
+
+async def alert_history(conn: Conn, alert_id: str, first_seen: datetime) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT revision, status, severity, departments, last_seen, recorded_at FROM alert_history "
+        "WHERE alert_id = $1 AND first_seen = $2 ORDER BY revision", alert_id, first_seen)
+    return [dict(r, departments=list(r["departments"])) for r in rows]
+
+
+async def alert_actions(conn: Conn, alert_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT ts, event_id, action, actor, actor_department, comment, target_department, satisfaction "
+        "FROM alert_actions WHERE alert_id = $1 ORDER BY ts, event_id", alert_id)
+    return [dict(r) for r in rows]
+
+
+async def alert_departments(conn: Conn, alert_ids: Sequence[str]) -> dict[str, list[str]]:
+    rows = await conn.fetch("SELECT alert_id, departments FROM alerts WHERE alert_id = ANY($1)", list(alert_ids))
+    return {r["alert_id"]: list(r["departments"]) for r in rows}
+
+
+async def first_acks(conn: Conn, alert_ids: Sequence[str]) -> dict[str, datetime]:
+    if not alert_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT alert_id, min(ts) AS ts FROM alert_actions WHERE alert_id = ANY($1) AND action = 'ack' "
+        "GROUP BY alert_id", list(alert_ids))
+    return {r["alert_id"]: r["ts"] for r in rows}
+
+
+# ------------------------------------------------------------------ series
+RESOLUTIONS = ("raw", "1m", "1h")
+
+
+def auto_resolution(since: datetime, until: datetime) -> str:
+    span = until - since
+    if span <= timedelta(hours=6):
+        return "raw"
+    if span <= timedelta(days=3):
+        return "1m"
+    return "1h"
+
+
+async def series(conn: Conn, sensor_id: str, since: datetime, until: datetime, resolution: str,
+                 max_points: int = 5000) -> list[dict[str, Any]]:
+    if resolution == "raw":
+        rows = await conn.fetch(
+            "SELECT ts, value FROM readings WHERE sensor_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts "
+            f"LIMIT {int(max_points)}", sensor_id, since, until)
+        return [{"ts": r["ts"], "value": r["value"]} for r in rows]
+    table = "readings_1m" if resolution == "1m" else "readings_1h"
+    rows = await conn.fetch(
+        f"SELECT bucket, vmin, vmax, vavg, n FROM {table} WHERE sensor_id = $1 AND bucket >= $2 AND bucket < $3 "
+        f"ORDER BY bucket LIMIT {int(max_points)}", sensor_id, since, until)
+    return [{"ts": r["bucket"], "value": r["vavg"], "min": r["vmin"], "max": r["vmax"], "n": r["n"]} for r in rows]
+
+
+async def latest_sensors(conn: Conn, since: datetime, sensor_type: str | None, district: str | None,
+                         limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    w = Where()
+    w.add("ts >= {0}", since)
+    if sensor_type:
+        w.add("sensor_type = {0}", sensor_type)
+    if district:
+        w.add("district = {0}", district)
+    after = ""
+    if cursor:
+        (sid,) = decode_cursor(cursor, 1)
+        after = f" WHERE sensor_id > {w.arg(str(sid))}"
+    sql = ("SELECT * FROM (SELECT DISTINCT ON (sensor_id) sensor_id, sensor_type, value, unit, ts, district, street, "
+           f"grid, lat, lon FROM readings{w.sql()} ORDER BY sensor_id, ts DESC) s{after} "
+           f"ORDER BY sensor_id LIMIT {int(limit) + 1}")
+    rows = await conn.fetch(sql, *w.args)
+    items = [dict(r) for r in rows[:limit]]
+    nxt = encode_cursor(rows[limit - 1]["sensor_id"]) if len(rows) > limit else None
+    return items, nxt
+
+
+async def sensor_latest(conn: Conn, sensor_id: str) -> dict[str, Any] | None:
+    r = await conn.fetchrow(
+        "SELECT sensor_id, sensor_type, value, unit, ts, district, street, grid, lat, lon FROM readings "
+        "WHERE sensor_id = $1 ORDER BY ts DESC LIMIT 1", sensor_id)
+    return dict(r) if r else None
+
+
+# ------------------------------------------------------------------ incidents
+@dataclass(frozen=True, slots=True)
+class IncidentFilter:
+    status: Sequence[str] = ()
+    severity: Sequence[str] = ()
+    district: str | None = None
+    kind: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    visible_to: str | None = None
+
+
+INCIDENT_COLUMNS = ("incident_id, revision, kind, severity, status, district, street, grid, lat, lon, alert_ids, "
+                    "ticket_ids, first_seen, last_seen")
+
+
+def incident_record(r: asyncpg.Record) -> dict[str, Any]:
+    d = dict(r)
+    d["alert_ids"] = list(d["alert_ids"])
+    d["ticket_ids"] = list(d["ticket_ids"])
+    d["location"] = {k: d.pop(k) for k in ("district", "street", "grid", "lat", "lon")}
+    return d
+
+
+async def list_incidents(conn: Conn, f: IncidentFilter, limit: int,
+                         cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    w = Where()
+    if f.status:
+        w.add("status = ANY({0})", list(f.status))
+    if f.severity:
+        w.add("severity = ANY({0})", list(f.severity))
+    if f.district:
+        w.add("district = {0}", f.district)
+    if f.kind:
+        w.add("kind = {0}", f.kind)
+    if f.since:
+        w.add("last_seen >= {0}", f.since)
+    if f.until:
+        w.add("first_seen < {0}", f.until)
+    if f.visible_to:
+        w.add("EXISTS (SELECT 1 FROM alerts a WHERE a.alert_id = ANY(incidents.alert_ids) "
+              "AND a.departments @> ARRAY[{0}]::text[])", f.visible_to)
+    if cursor:
+        ts, iid = decode_cursor(cursor, 2)
+        w.add("(last_seen, incident_id) < ({0}, {1})", _time(ts), str(iid))
+    rows = await conn.fetch(f"SELECT {INCIDENT_COLUMNS} FROM incidents{w.sql()} "
+                            f"ORDER BY last_seen DESC, incident_id DESC LIMIT {int(limit) + 1}", *w.args)
+    items = [incident_record(r) for r in rows[:limit]]
+    nxt = (encode_cursor(rows[limit - 1]["last_seen"], rows[limit - 1]["incident_id"])
+           if len(rows) > limit else None)
+    return items, nxt
+
+
+async def get_incident(conn: Conn, incident_id: str) -> dict[str, Any] | None:
+    r = await conn.fetchrow(f"SELECT {INCIDENT_COLUMNS} FROM incidents WHERE incident_id = $1", incident_id)
+    return incident_record(r) if r else None
+
+
+async def alerts_by_ids(conn: Conn, alert_ids: Sequence[str]) -> list[dict[str, Any]]:
+    rows = await conn.fetch(f"SELECT {ALERT_LIST_COLUMNS} FROM alerts WHERE alert_id = ANY($1) "
+                            "ORDER BY first_seen", list(alert_ids))
+    return [alert_record(r) for r in rows]
+
+
+# ------------------------------------------------------------------ hotline tickets
+TICKET_AGG = """
+SELECT ticket_id,
+       min(ts) AS created_at,
+       max(ts) AS updated_at,
+       (array_agg(status ORDER BY ts DESC, event_id DESC))[1] AS status,
+       (array_agg(category ORDER BY ts, event_id))[1] AS category,
+       (array_agg(department ORDER BY ts DESC, event_id DESC) FILTER (WHERE department IS NOT NULL))[1]
+           AS department,
+       (array_agg(district ORDER BY ts, event_id))[1] AS district,
+       (array_agg(street ORDER BY ts, event_id))[1] AS street,
+       (array_agg(grid ORDER BY ts, event_id))[1] AS grid,
+       (array_agg(lat ORDER BY ts, event_id))[1] AS lat,
+       (array_agg(lon ORDER BY ts, event_id))[1] AS lon,
+       (array_agg(description ORDER BY ts, event_id))[1] AS description,
+       (array_agg(urgency ORDER BY ts, event_id))[1] AS urgency,
+       (array_agg(channel ORDER BY ts, event_id))[1] AS channel,
+       (array_agg(caller_ref ORDER BY ts, event_id) FILTER (WHERE caller_ref IS NOT NULL))[1] AS caller_ref,
+       (array_agg(satisfaction ORDER BY ts DESC) FILTER (WHERE satisfaction IS NOT NULL))[1] AS satisfaction,
+       min(ts) FILTER (WHERE status <> 'open') AS responded_at,
+       min(ts) FILTER (WHERE status IN ('resolved', 'closed')) AS resolved_at,
+       count(*) AS events
+  FROM hotline_events
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TicketFilter:
+    status: Sequence[str] = ()
+    category: str | None = None
+    district: str | None = None
+    street: str | None = None
+    department: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    ticket_ids: Sequence[str] = ()
+    visible_to: str | None = None
+
+
+def _ticket_sql(f: TicketFilter) -> tuple[str, Where]:
+    inner = Where()
+    if f.ticket_ids:
+        inner.add("ticket_id = ANY({0})", list(f.ticket_ids))
+    if f.since:
+        inner.add("ts >= {0}", f.since)
+    if f.until:
+        inner.add("ts < {0}", f.until)
+    if f.district:
+        inner.add("district = {0}", f.district)
+    if f.street:
+        inner.add("street = {0}", f.street)
+    if f.category:
+        inner.add("category = {0}", f.category)
+    outer: list[str] = []
+    if f.status:
+        outer.append(f"status = ANY({inner.arg(list(f.status))})")
+    if f.department:
+        outer.append(f"department = {inner.arg(f.department)}")
+    if f.visible_to:
+        outer.append(f"department = {inner.arg(f.visible_to)}")
+    sql = f"SELECT * FROM ({TICKET_AGG}{inner.sql()} GROUP BY ticket_id) t"
+    if outer:
+        sql += " WHERE " + " AND ".join(outer)
+    return sql, inner
+
+
+def ticket_record(r: asyncpg.Record) -> dict[str, Any]:
+    d = dict(r)
+    d["location"] = {k: d.pop(k) for k in ("district", "street", "grid", "lat", "lon")}
+    return d
+
+
+async def list_tickets(conn: Conn, f: TicketFilter, limit: int,
+                       cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    sql, w = _ticket_sql(f)
+    if cursor:
+        ts, tid = decode_cursor(cursor, 2)
+        sql = f"SELECT * FROM ({sql}) y WHERE (updated_at, ticket_id) < ({w.arg(_time(ts))}, {w.arg(str(tid))})"
+    sql += f" ORDER BY updated_at DESC, ticket_id DESC LIMIT {int(limit) + 1}"
+    rows = await conn.fetch(sql, *w.args)
+    items = [ticket_record(r) for r in rows[:limit]]
+    nxt = (encode_cursor(rows[limit - 1]["updated_at"], rows[limit - 1]["ticket_id"])
+           if len(rows) > limit else None)
+    return items, nxt
+
+
+async def get_ticket(conn: Conn, ticket_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    sql, w = _ticket_sql(TicketFilter(ticket_ids=[ticket_id]))
+    r = await conn.fetchrow(sql, *w.args)
+    if r is None:
+        return None, []
+    events = await conn.fetch(
+        "SELECT ts, event_id, kind, status, department, description, satisfaction, caller_ref FROM hotline_events "
+        "WHERE ticket_id = $1 ORDER BY ts, event_id", ticket_id)
+    return ticket_record(r), [dict(e) for e in events]
+
+
+async def tickets_by_ids(conn: Conn, ticket_ids: Sequence[str]) -> list[dict[str, Any]]:
+    if not ticket_ids:
+        return []
+    sql, w = _ticket_sql(TicketFilter(ticket_ids=list(ticket_ids)))
+    return [ticket_record(r) for r in await conn.fetch(sql + " ORDER BY created_at", *w.args)]
+
+
+# ------------------------------------------------------------------ KPIs
+@dataclass(frozen=True, slots=True)
+class SlaPolicy:
+    ack_minutes: dict[str, float] = field(default_factory=dict)
+    resolve_minutes: dict[str, float] = field(default_factory=dict)
+    emergency_factor: float = 0.5
+
+    def ack_s(self, severity: str, emergency: bool = False) -> float:
+        return self.ack_minutes.get(severity, 240) * 60 * (self.emergency_factor if emergency else 1.0)
+
+    def resolve_s(self, severity: str, emergency: bool = False) -> float:
+        return self.resolve_minutes.get(severity, 4320) * 60 * (self.emergency_factor if emergency else 1.0)
+
+    def sql_ack_seconds(self, w: Where) -> str:
+        """An SQL expression: the acknowledge window (s) of the row in `alerts`."""
+        cases = " ".join(f"WHEN '{s}' THEN {w.arg(float(self.ack_s(s)))}::float8" for s in SEVERITIES)
+        return (f"(CASE severity {cases} ELSE {w.arg(float(self.ack_s('IV')))}::float8 END * "
+                f"CASE WHEN evidence #>> '{{details,mode,mode}}' = 'emergency' "
+                f"THEN {w.arg(float(self.emergency_factor))}::float8 ELSE 1.0 END)")
+
+
+async def three_rates(conn: Conn, since: datetime, until: datetime, by: str,
+                      visible_to: str | None = None) -> list[dict[str, Any]]:
+    """三率 of 12345 tickets created in [since, until), grouped by department or district:
+    响应率 (response: left 'open'), 解决率 (resolution: resolved or closed), 满意率
+    (satisfaction: rated 4 or 5 of those rated)."""
+    key = {"department": "coalesce(department, 'unassigned')", "district": "district"}[by]
+    sql, w = _ticket_sql(TicketFilter(visible_to=visible_to))
+    a, b = w.arg(since), w.arg(until)
+    rows = await conn.fetch(
+        f"SELECT {key} AS key, count(*) AS tickets, count(responded_at) AS responded, "
+        "count(resolved_at) AS resolved, count(satisfaction) AS rated, "
+        "count(*) FILTER (WHERE satisfaction >= 4) AS satisfied "
+        f"FROM ({sql}) x WHERE created_at >= {a} AND created_at < {b} GROUP BY 1 ORDER BY 2 DESC, 1", *w.args)
+    out = []
+    for r in rows:
+        n = r["tickets"]
+        out.append({by: r["key"], "tickets": n, "responded": r["responded"], "resolved": r["resolved"],
+                    "rated": r["rated"], "satisfied": r["satisfied"],
+                    "response_rate": round(r["responded"] / n, 4) if n else None,
+                    "resolution_rate": round(r["resolved"] / n, 4) if n else None,
+                    "satisfaction_rate": round(r["satisfied"] / r["rated"], 4) if r["rated"] else None})
+    return out
+
+
+async def alert_rates(conn: Conn, since: datetime, until: datetime, by: str, sla: SlaPolicy,
+                      visible_to: str | None = None) -> list[dict[str, Any]]:
+    """Alerts first seen in [since, until) per department (unnested) or district:
+    acknowledged, resolved, acknowledged late (after the SLA window)."""
+    w = Where()
+    a, b = w.arg(since), w.arg(until)
+    ack_window = sla.sql_ack_seconds(w)
+    key = "d.dept" if by == "department" else "al.district"
+    join = ", unnest(al.departments) AS d(dept)" if by == "department" else ""
+    vis = f" AND al.departments @> ARRAY[{w.arg(visible_to)}]::text[]" if visible_to else ""
+    if visible_to and by == "department":
+        vis += f" AND d.dept = {w.arg(visible_to)}"
+    rows = await conn.fetch(
+        f"SELECT {key} AS key, count(*) AS alerts, "
+        "count(*) FILTER (WHERE ack.ts IS NOT NULL OR al.status IN ('acknowledged','resolved','closed')) AS acked, "
+        "count(*) FILTER (WHERE al.status IN ('resolved','closed','cleared')) AS resolved, "
+        f"count(*) FILTER (WHERE ack.ts > al.first_seen + make_interval(secs => {ack_window}) OR "
+        f"(ack.ts IS NULL AND al.status IN ('new','dispatched','reopened') AND "
+        f"now() > al.first_seen + make_interval(secs => {ack_window}))) AS ack_breached "
+        f"FROM alerts al{join} LEFT JOIN LATERAL (SELECT min(ts) AS ts FROM alert_actions x "
+        "WHERE x.alert_id = al.alert_id AND x.action = 'ack') ack ON true "
+        f"WHERE al.first_seen >= {a} AND al.first_seen < {b}{vis} GROUP BY 1 ORDER BY 2 DESC, 1", *w.args)
+    out = []
+    for r in rows:
+        n = r["alerts"]
+        out.append({by: r["key"], "alerts": n, "acknowledged": r["acked"], "resolved": r["resolved"],
+                    "ack_breached": r["ack_breached"],
+                    "ack_rate": round(r["acked"] / n, 4) if n else None,
+                    "resolution_rate": round(r["resolved"] / n, 4) if n else None})
+    return out
+
+
+async def open_by_severity(conn: Conn, visible_to: str | None = None) -> dict[str, int]:
+    w = Where()
+    w.add("status = ANY({0})", list(OPEN_STATUSES))
+    if visible_to:
+        w.add("departments @> ARRAY[{0}]::text[]", visible_to)
+    rows = await conn.fetch(f"SELECT severity, count(*) AS n FROM alerts{w.sql()} GROUP BY severity", *w.args)
+    got = {r["severity"]: r["n"] for r in rows}
+    return {s: int(got.get(s, 0)) for s in SEVERITIES}
+
+
+async def sla_breaches(conn: Conn, sla: SlaPolicy, visible_to: str | None = None,
+                       limit: int = 50) -> tuple[int, list[dict[str, Any]]]:
+    """Open alerts not acknowledged within their window (now)."""
+    w = Where()
+    ack_window = sla.sql_ack_seconds(w)
+    w.add("status = ANY({0})", list(UNACKED_STATUSES))
+    w.parts.append(f"now() > first_seen + make_interval(secs => {ack_window})")
+    if visible_to:
+        w.add("departments @> ARRAY[{0}]::text[]", visible_to)
+    total = int(await conn.fetchval(f"SELECT count(*) FROM alerts{w.sql()}", *w.args))
+    rows = await conn.fetch(f"SELECT {ALERT_LIST_COLUMNS} FROM alerts{w.sql()} ORDER BY first_seen LIMIT {int(limit)}",
+                            *w.args)
+    return total, [alert_record(r) for r in rows]
+
+
+async def escalations_since(conn: Conn, since: datetime, visible_to: str | None = None) -> int:
+    w = Where()
+    w.add("x.ts >= {0}", since)
+    w.parts.append("x.action = 'escalate'")
+    if visible_to:
+        w.add("EXISTS (SELECT 1 FROM alerts a WHERE a.alert_id = x.alert_id AND a.departments @> ARRAY[{0}]::text[])",
+              visible_to)
+    return int(await conn.fetchval(f"SELECT count(*) FROM alert_actions x{w.sql()}", *w.args))
