@@ -151,6 +151,9 @@ def validate(raw: Any, sites: Mapping[str, Mapping[str, Any]] | None = None) -> 
         if str(sev) not in _SEVERITIES:
             raise ConfigError(f"manhole_gas.site_levels.{k} must be a severity, got {sev!r}")
 
+    rain = _section(raw, "rainfall")
+    _levels(rain.get("levels"), "rainfall.levels")
+
     st = _section(raw, "statistical")
     for k in ("open_score", "instant_score", "clear_score", "roc_score"):
         _num(st, k, "statistical", lo=0.5, hi=1)

@@ -34,7 +34,7 @@ from streams.detectors.health import SensorHealth
 from streams.detectors.hotline import HotlineBurst, hotline_key
 from streams.detectors.localtime import LocalClock
 from streams.detectors.stats import RateOfChange, RobustSeasonal, Scored, StatParams
-from streams.detectors.thresholds import GasThreshold, NoiseThreshold, WaterLevelThreshold
+from streams.detectors.thresholds import GasThreshold, NoiseThreshold, RainfallThreshold, WaterLevelThreshold
 
 __all__ = ["DetectionEngine", "LateEvent", "hotline_key", "stat_params"]
 
@@ -124,6 +124,7 @@ class DetectionEngine:
         self.thresholds[SensorType.NOISE] = NoiseThreshold(config)
         self.thresholds[SensorType.WATER_LEVEL] = WaterLevelThreshold(config)
         self.thresholds[SensorType.MANHOLE_GAS] = GasThreshold(config)
+        self.thresholds[SensorType.RAINFALL] = RainfallThreshold(config)
         self.stat = StatAdapter(RobustSeasonal(sp, clock), "robust z of the reading vs seasonal baseline", sp.open_score)
         self.roc = StatAdapter(RateOfChange(open_score=roc_score, warmup=sp.warmup), "robust z of |change| between readings", roc_score)
         skip = config.section("statistical").get("skip_types") or []

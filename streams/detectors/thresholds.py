@@ -266,3 +266,31 @@ class GasThreshold(_MedianLevel):
 
     def statistic(self) -> str:
         return f"median of last {self.k} readings, %LEL vs alarm levels"
+
+
+class RainfallThreshold(_MedianLevel):
+    """Rain intensity (mm/h) against the short-duration heavy-rain levels of
+    thresholds.yaml (暴雨 16 mm/h and above)."""
+
+    name = "rainfall"
+    version = "1.0.0"
+    category = "water"
+    sensor_type = SensorType.RAINFALL
+    title_zh = "强降雨"
+
+    def __init__(self, config: DetectConfig | None = None) -> None:
+        self.cfg = config or default_config()
+        c = self.cfg.section("rainfall")
+        self.base_levels = [(float(at), Severity(str(s))) for at, s in c["levels"]]
+        self.k = int(c["median_of"])
+        self.margin = float(c["clear_margin"])
+        self.clear_after = int(c["clear_after"])
+
+    def levels(self, site: Mapping[str, Any]) -> list[tuple[float, Severity]]:
+        return self.base_levels
+
+    def clear_below(self, levels: list[tuple[float, Severity]]) -> float:
+        return levels[0][0] - self.margin
+
+    def statistic(self) -> str:
+        return f"median of last {self.k} rain intensities (mm/h) vs heavy-rain levels"
