@@ -86,7 +86,7 @@ def build(args: argparse.Namespace, start: datetime, duration: timedelta) -> tup
     return city(start, duration, seed=args.seed, sensors=args.sensors or 1000, districts=districts,
                 incidents=_incidents(args.incidents), faults=_faults(args.faults),
                 calls_per_hour=args.calls_per_hour if args.calls_per_hour is not None else 30.0,
-                prefix=args.prefix)
+                prefix=args.prefix, ticket_updates=args.ticket_updates)
 
 
 def _duration(args: argparse.Namespace) -> timedelta:
@@ -128,7 +128,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         pub.close()
         if sink is not None:
             sink.close()
-    print(f"sim: published {stats.readings} readings and {stats.calls} calls in {stats.messages} messages, "
+    print(f"sim: published {stats.readings} readings and {stats.calls} hotline events in {stats.messages} messages, "
           f"{stats.acked} acknowledged, {stats.wall_s:.1f} s", file=sys.stderr)
     return 0
 
@@ -149,7 +149,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if progress is not None:
         progress.close(sc.end - sc.start, counts["readings"])
     wall = time.monotonic() - t0
-    print(f"sim: wrote {counts['readings']} readings, {counts['calls']} calls, {len(sc.labels)} labels, "
+    print(f"sim: wrote {counts['readings']} readings, {counts['calls']} hotline events, {len(sc.labels)} labels, "
           f"{len(c.sensors)} devices to {out} in {wall:.1f} s", file=sys.stderr)
     return 0
 
@@ -166,6 +166,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated: all, {', '.join(INCIDENT_KINDS)} (default none)")
     p.add_argument("--faults", default="0", help=f"a count, or comma-separated kinds: {', '.join(FAULT_KINDS)}")
     p.add_argument("--calls-per-hour", type=float, help="background hotline calls per hour (default 30; demo 6)")
+    p.add_argument("--ticket-updates", action="store_true",
+                   help="follow each call with its ticket's in_progress, resolved and feedback events (demo: on)")
     p.add_argument("--prefix", default="", help="prefix for sensor ids (keeps runs apart in one database)")
 
 

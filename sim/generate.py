@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from schemas import CATALOGUE, HotlineEvent, SensorReading
 from sim.fleet import City, Sensor
-from sim.hotline import Call, background_calls, iso
+from sim.hotline import Call, TicketUpdate, background_calls, follow_ups, iso
 from sim.scenario import FaultSpec, IncidentSpec, Scenario, plan
 
 NOISE_TAU_S = 600.0  # correlation time of sensor noise
@@ -73,7 +73,7 @@ class Reading:
         return f"Reading({self.sensor.sensor_id}, {self.ts}, {self.value})"
 
 
-Event = Reading | Call
+Event = Reading | Call | TicketUpdate
 
 
 def _schedule(city: City) -> list[tuple[int, list[list[tuple[Any, ...]]]]]:
@@ -99,8 +99,9 @@ def _apply_fault(kind: str, f: Any, t: int, v: float, low: float, high: float, s
 
 
 def generate(city: City, scenario: Scenario) -> Iterator[Event]:
-    """Readings and calls of the scenario's time range, in event-time order
-    (within one second: calls first, then readings by interval and phase)."""
+    """Readings, calls and (with `scenario.ticket_updates`) ticket updates of the
+    scenario's time range, in event-time order (within one second: calls,
+    then ticket updates, then readings by interval and phase)."""
     from sim.rhythm import levels  # local: keeps the module import cheap for the CLI
 
     rng = random.Random(f"{scenario.seed}/readings")
@@ -115,12 +116,19 @@ def generate(city: City, scenario: Scenario) -> Iterator[Event]:
         key=lambda c: c.t,
     )
     nxt = next(calls, None)
+    later: list[tuple[int, str, TicketUpdate]] = []  # ticket updates not yet due (a heap)
     minute = -1
     lv: list[float] = []
     for t in range(scenario.start, scenario.end):
         while nxt is not None and nxt.t <= t:
             yield nxt
+            if scenario.ticket_updates:
+                for u in follow_ups(scenario.seed, nxt):
+                    if u.t < scenario.end:
+                        heapq.heappush(later, (u.t, u.event_id, u))
             nxt = next(calls, None)
+        while later and later[0][0] <= t:
+            yield heapq.heappop(later)[2]
         if t // 60 != minute:
             minute = t // 60
             lv = levels(t)
@@ -164,9 +172,6 @@ def generate(city: City, scenario: Scenario) -> Iterator[Event]:
                     if dropped:
                         continue
                 yield Reading(s, t, ts, float(v))
-    while nxt is not None and nxt.t < scenario.end:
-        yield nxt
-        nxt = next(calls, None)
 
 
 def simulate(
@@ -177,10 +182,11 @@ def simulate(
     faults: int | Sequence[str | FaultSpec] = 0,
     seed: int = 0,
     calls_per_hour: float = 30.0,
+    ticket_updates: bool = False,
 ) -> tuple[Scenario, Iterator[Event]]:
     """`plan` + `generate` in one call: the labels (scenario.labels) and the events."""
     scenario = plan(city, start, duration, incidents=incidents, faults=faults, seed=seed,
-                    calls_per_hour=calls_per_hour)
+                    calls_per_hour=calls_per_hour, ticket_updates=ticket_updates)
     return scenario, generate(city, scenario)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from schemas import HotlineCategory, HotlineEvent
+from schemas import HotlineCategory, HotlineEvent, TicketStatus
 from sim.geo import Cell, Street
 
 BEIJING = timezone(timedelta(hours=8))
@@ -145,6 +145,68 @@ class Call:
         d = self.payload()
         del d["caller_name"], d["caller_phone"]
         return HotlineEvent.model_validate(d)
+
+
+@dataclass(frozen=True, slots=True)
+class TicketUpdate:
+    """A later event of a ticket: a status change (in_progress = first contact,
+    resolved) or the citizen's satisfaction feedback. Never carries the caller."""
+
+    t: int
+    ticket_id: str
+    kind: str  # "status" | "feedback"
+    status: TicketStatus
+    category: HotlineCategory
+    loc: dict[str, Any]
+    urgency: str
+    channel: str
+    satisfaction: int | None = None
+    cause: str | None = None
+
+    @property
+    def event_id(self) -> str:
+        return f"h-{self.ticket_id}-{self.status.value if self.kind == 'status' else 'feedback'}"
+
+    def payload(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "event_id": self.event_id, "ticket_id": self.ticket_id, "kind": self.kind,
+            "category": self.category.value, "status": self.status.value, "ts": iso(self.t), "location": self.loc,
+            "urgency": self.urgency, "channel": self.channel,
+        }
+        if self.satisfaction is not None:
+            d["satisfaction"] = self.satisfaction
+        return d
+
+    def model(self) -> HotlineEvent:
+        return HotlineEvent.model_validate(self.payload())
+
+
+def follow_ups(seed: int, call: Call) -> list[TicketUpdate]:
+    """What happens to a ticket after the call (接诉即办): first contact within
+    minutes to hours (urgent faster, some late), resolution hours later, and
+    feedback from most callers, mostly satisfied. Own rng per ticket, so the
+    updates do not depend on which other tickets exist."""
+    rng = random.Random(f"{seed}/ticket/{call.ticket_id}")
+    urgent = call.urgency == "urgent"
+    contact = rng.randint(5, 30) * 60 if urgent else rng.randint(10, 90) * 60
+    if rng.random() < 0.1:  # some tickets wait far longer than the deadline
+        contact = rng.randint(2, 8) * 3600
+    resolve = rng.randint(30, 180) * 60 if urgent else rng.randint(60, 480) * 60
+    if rng.random() < 0.15:
+        resolve = rng.randint(12, 48) * 3600
+
+    def update(t: int, kind: str, status: TicketStatus, satisfaction: int | None = None) -> TicketUpdate:
+        return TicketUpdate(t=t, ticket_id=call.ticket_id, kind=kind, status=status, category=call.category,
+                            loc=call.loc, urgency=call.urgency, channel=call.channel,
+                            satisfaction=satisfaction, cause=call.cause)
+
+    t1 = call.t + contact
+    t2 = t1 + resolve
+    out = [update(t1, "status", TicketStatus.IN_PROGRESS), update(t2, "status", TicketStatus.RESOLVED)]
+    if rng.random() < 0.7:
+        score = rng.choices((5, 4, 3, 2, 1), (50, 25, 10, 7, 8))[0]
+        out.append(update(t2 + rng.randint(10, 360) * 60, "feedback", TicketStatus.RESOLVED, score))
+    return out
 
 
 def fake_name(rng: random.Random) -> str:

@@ -20,8 +20,9 @@ from sim.scenario import Scenario
 
 READING_COLUMNS = ("event_id", "sensor_id", "sensor_type", "value", "unit", "ts",
                    "district", "street", "grid", "lat", "lon")  # fmt: skip
-CALL_COLUMNS = ("event_id", "ticket_id", "category", "ts", "district", "street", "grid", "lat", "lon",
-                "urgency", "channel", "caller_name", "caller_phone", "description")  # fmt: skip
+CALL_COLUMNS = ("event_id", "ticket_id", "kind", "status", "category", "ts", "district", "street", "grid",
+                "lat", "lon", "urgency", "channel", "caller_name", "caller_phone", "description",
+                "satisfaction")  # fmt: skip
 
 
 class Progress:
@@ -62,9 +63,10 @@ def _reading_row(r: Reading) -> tuple[Any, ...]:
 
 def _call_row(p: dict[str, Any]) -> tuple[Any, ...]:
     loc = p["location"]
-    return (p["event_id"], p["ticket_id"], p["category"], p["ts"], loc["district"], loc["street"], loc["grid"],
-            loc["lat"], loc["lon"], p["urgency"], p["channel"], p["caller_name"], p["caller_phone"],
-            p["description"])
+    return (p["event_id"], p["ticket_id"], p["kind"], p["status"], p["category"], p["ts"], loc["district"],
+            loc["street"], loc["grid"], loc["lat"], loc["lon"], p["urgency"], p["channel"],
+            p.get("caller_name", ""), p.get("caller_phone", ""), p.get("description", ""),
+            p.get("satisfaction", ""))
 
 
 def write_meta(city: City, scenario: Scenario, out: Path) -> None:
@@ -75,14 +77,15 @@ def write_meta(city: City, scenario: Scenario, out: Path) -> None:
     (out / "devices.json").write_bytes(orjson.dumps(registry(city), option=orjson.OPT_INDENT_2) + b"\n")
     meta = {"seed": scenario.seed, "city_seed": city.seed, "start": iso(scenario.start), "end": iso(scenario.end),
             "sensors": len(city.sensors), "districts": list(city.districts),
-            "calls_per_hour": scenario.calls_per_hour, "labels": len(scenario.labels)}
+            "calls_per_hour": scenario.calls_per_hour, "ticket_updates": scenario.ticket_updates,
+            "labels": len(scenario.labels)}
     (out / "scenario.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
 class FileSink:
     """readings.<fmt> and calls.<fmt>, written one event at a time (`add`), so
-    a live run can keep its files as it publishes. Calls are written in their
-    MQTT wire form (caller in clear: the data is generated)."""
+    a live run can keep its files as it publishes. Calls and ticket updates go
+    to calls.<fmt> in their MQTT wire form (caller in clear: the data is generated)."""
 
     def __init__(self, out: Path, fmt: str = "jsonl") -> None:
         if fmt not in ("jsonl", "csv"):

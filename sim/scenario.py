@@ -128,6 +128,7 @@ class Scenario:
     faults: Mapping[int, tuple[Fault, ...]]
     calls: tuple[Call, ...]  # incident-driven, time-ordered
     calls_per_hour: float  # background hotline rate
+    ticket_updates: bool = False  # also emit each ticket's status changes and feedback
 
     def label(self, kind: str) -> Label:
         return next(lb for lb in self.labels if lb.kind == kind)
@@ -421,13 +422,15 @@ def plan(
     faults: int | Sequence[str | FaultSpec] = 0,
     seed: int = 0,
     calls_per_hour: float = 30.0,
+    ticket_updates: bool = False,
 ) -> Scenario:
     """Decide everything that happens in [start, start + duration).
 
     `incidents`: kinds (see INCIDENT_KINDS) or specs; "all" = every kind that
     fits the season (an explicitly named kind is injected in any season but
     heating_outage, which needs the heating season). `faults`: a count (kinds taken in turn, so 5 gives one of
-    each) or kinds/specs."""
+    each) or kinds/specs. `ticket_updates`: each call is followed by its
+    ticket's in_progress, resolved and (mostly) feedback events."""
     if start.tzinfo is None:
         raise ConfigError("start must carry a timezone")
     if duration <= timedelta(0):
@@ -461,4 +464,5 @@ def plan(
         effects={k: tuple(v) for k, v in p.effects.items()},
         faults={k: tuple(sorted(v, key=lambda f: f.t0)) for k, v in p.faults.items()},
         calls=tuple(sorted(p.calls, key=lambda c: (c.t, c.ticket_id))), calls_per_hour=calls_per_hour,
+        ticket_updates=ticket_updates,
     )

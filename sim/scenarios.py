@@ -1,7 +1,8 @@
 """Built-in scenarios, ready to run.
 
 `demo`: a few dozen sensors over five central districts and one pollution
-episode that builds up two event minutes after the start; at the demo's
+episode that builds up two event minutes after the start (tickets get their
+status updates and feedback, so the hotline KPIs move too); at the demo's
 speed (60: one event hour per wall minute) the PM2.5 1-hour mean passes
 115 ug/m3 (IAQI 150, HJ 633) well within the first wall minute.
 """
@@ -27,13 +28,14 @@ DEMO_POLLUTION = IncidentSpec(
 def demo(start: datetime, duration: timedelta = DEMO_DURATION, seed: int = 1,
          sensors: int = DEMO_SENSORS, calls_per_hour: float = 6.0) -> tuple[City, Scenario]:
     city = build_city(seed, sensors=sensors, districts=DEMO_DISTRICTS)
-    return city, plan(city, start, duration, incidents=[DEMO_POLLUTION], seed=seed, calls_per_hour=calls_per_hour)
+    return city, plan(city, start, duration, incidents=[DEMO_POLLUTION], seed=seed, calls_per_hour=calls_per_hour,
+                      ticket_updates=True)
 
 
 def city(start: datetime, duration: timedelta, seed: int = 1, sensors: int = 1000,
          districts: Sequence[str] | None = None, incidents: Sequence[str | IncidentSpec] = (),
          faults: int | Sequence[str | FaultSpec] = 0, calls_per_hour: float = 30.0,
-         prefix: str = "") -> tuple[City, Scenario]:
+         prefix: str = "", ticket_updates: bool = False) -> tuple[City, Scenario]:
     c = build_city(seed, sensors=sensors, districts=districts, prefix=prefix)
     return c, plan(c, start, duration, incidents=incidents, faults=faults, seed=seed,
-                   calls_per_hour=calls_per_hour)
+                   calls_per_hour=calls_per_hour, ticket_updates=ticket_updates)

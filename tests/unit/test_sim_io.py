@@ -7,6 +7,7 @@ import csv
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from statistics import mean
 
 import orjson
 import pytest
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from citybrain.cli import main
 from citybrain.errors import ConfigError
 from schemas import HotlineEvent, SensorReading
-from sim import Reading, build_city, generate, plan, simulate, validated
+from sim import Call, Reading, TicketUpdate, build_city, generate, plan, simulate, validated
 from sim.cli import live_start, parse_duration
 from sim.mqtt import PublishSettings, parse_url, publish_events
 from sim.output import Progress, write_events, write_meta
@@ -159,3 +160,30 @@ def test_reading_json_fast_path_equals_payload_and_validated_path() -> None:
     with pytest.raises(ValidationError):
         list(validated(simulate(city, JULY, timedelta(hours=1), faults=["out_of_range"], seed=2)[1]))
     assert 0.3 < city.readings_per_second() < 30 * 0.11
+
+
+def test_ticket_updates_follow_their_calls() -> None:
+    city = build_city(seed=9, sensors=20, districts=["haidian"])
+    sc = plan(city, JULY, timedelta(hours=48), seed=9, calls_per_hour=10, ticket_updates=True)
+    events = list(generate(city, sc))
+    assert [e.t for e in events] == sorted(e.t for e in events)
+    created: dict[str, int] = {}
+    history: dict[str, list[TicketUpdate]] = {}
+    for e in events:
+        if isinstance(e, Call):
+            created[e.ticket_id] = e.t
+        elif isinstance(e, TicketUpdate):
+            assert e.ticket_id in created and e.t > created[e.ticket_id]
+            history.setdefault(e.ticket_id, []).append(e)
+            m = e.model()
+            assert m.kind == e.kind and m.caller_ref is None and "caller_phone" not in e.payload()
+    assert len(history) > 0.8 * len(created)
+    flows = {tuple(u.status.value if u.kind == "status" else "feedback" for u in h) for h in history.values()}
+    assert flows <= {("in_progress",), ("in_progress", "resolved"), ("in_progress", "resolved", "feedback")}
+    scores = [u.satisfaction for h in history.values() for u in h if u.satisfaction is not None]
+    assert scores and set(scores) <= {1, 2, 3, 4, 5} and mean(scores) > 3.5
+    assert len({u.event_id for h in history.values() for u in h}) == sum(len(h) for h in history.values())
+    # off by default: same calls, no updates
+    plain = list(generate(city, plan(city, JULY, timedelta(hours=48), seed=9, calls_per_hour=10)))
+    assert not any(isinstance(e, TicketUpdate) for e in plain)
+    assert [c.ticket_id for c in plain if isinstance(c, Call)] == list(created)
