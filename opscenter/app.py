@@ -246,11 +246,11 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
 
     def shape_alert(a: dict[str, Any], p: Principal, now: datetime) -> dict[str, Any]:
         a["sla"] = sla_info(a, now)
-        if not p.sees_pii:
-            a["title"] = mask_text(a["title"])
-            if isinstance(a.get("evidence"), dict):
-                a["evidence"] = dict(a["evidence"], details=mask_value(a["evidence"].get("details") or {},
-                                                                      pseudonymous(p)))
+        # nobody sees citizen data in clear; only pseudonymous roles keep the caller's keyed hash
+        a["title"] = mask_text(a["title"])
+        if isinstance(a.get("evidence"), dict):
+            a["evidence"] = dict(a["evidence"], details=mask_value(a["evidence"].get("details") or {},
+                                                                  pseudonymous(p)))
         return a
 
     def pseudonymous(p: Principal) -> bool:
@@ -298,7 +298,7 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
     def mask_ticket(t: dict[str, Any], p: Principal) -> dict[str, Any]:
         if not pseudonymous(p):
             t["caller_ref"] = None
-        if not p.sees_pii and t.get("description"):
+        if t.get("description"):
             t["description"] = mask_text(t["description"])
         return t
 
@@ -386,8 +386,7 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
         shape_alert(a, p, now)
         a["sla"] = sla_info(a, now, min(acks) if acks else None)
         a["trigger_sent_at"] = payload.get("trigger_sent_at")
-        if not p.sees_pii:
-            actions = [dict(x, comment=mask_text(x["comment"]) if x["comment"] else x["comment"]) for x in actions]
+        actions = [dict(x, comment=mask_text(x["comment"]) if x["comment"] else x["comment"]) for x in actions]
         ev = a["evidence"]
         ws = datetime.fromisoformat(ev["window_start"])
         we = datetime.fromisoformat(ev["window_end"])
@@ -681,7 +680,7 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
 
         def shaped(ev: FeedEvent) -> bytes:
             data = ev.data
-            if ev.kind == "alert" and not p.sees_pii:
+            if ev.kind == "alert":
                 data = dict(data, title=mask_text(str(data.get("title", ""))))
                 evd = data.get("evidence")
                 if isinstance(evd, dict):
@@ -689,7 +688,7 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
             if ev.kind == "alert":
                 with contextlib.suppress(KeyError, TypeError, ValueError):
                     data = dict(data, sla=sla_info(data, clock()))
-            if ev.kind == "action" and not p.sees_pii and data.get("comment"):
+            if ev.kind == "action" and data.get("comment"):
                 data = dict(data, comment=mask_text(str(data["comment"])))
             return b"event: " + ev.kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
