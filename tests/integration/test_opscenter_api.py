@@ -19,6 +19,8 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from citybrain.kafka_admin import ensure_topics, pipeline_topics
+from citybrain.topics import Topics
 from opscenter.app import create_app
 from opscenter.auth import TokenStore
 from opscenter.settings import OpscenterSettings
@@ -119,6 +121,7 @@ def env(database_url: str, kafka_bootstrap: str) -> Iterator[Env]:
 
     async def setup() -> tuple[dict[str, str], dict[str, str]]:
         await migrate_schema(database_url, schema)
+        await ensure_topics(kafka_bootstrap, pipeline_topics(Topics(prefix), 2))
         for kind in ("alerts", "readings", "actions", "incidents", "hotline"):
             await store(database_url, schema, kind, models[kind])
         pool = await create_pool(database_url, schema, min_size=1, max_size=2)
