@@ -52,7 +52,7 @@ def readings(ty: str, n: int, seed: int = 1) -> list[SensorReading]:
         SensorReading.model_construct(
             event_id=f"e-{i}", sensor_id=f"{ty}-1", sensor_type=ty, value=float(f(i, rng)), unit=unit,
             ts=T0 + timedelta(seconds=interval * i), location=_LOC, sent_at=None, source=None, schema_version=1,
-        )  # fmt: skip
+        )
         for i in range(n)
     ]
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         HotlineEvent.model_validate({
             "event_id": f"h-{i}", "ticket_id": f"t-{i}", "kind": "created", "category": "noise",
             "ts": (T0 + timedelta(seconds=97 * i)).isoformat(), "location": LOC,
-        })  # fmt: skip
+        })
         for i in range(min(n, 20_000))
     ]
     cases.append(("hotline_burst", bench_step(HotlineBurst(), hot)))

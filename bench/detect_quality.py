@@ -159,7 +159,8 @@ def score(city: Any, scenario: Any, res: RunResult) -> dict[str, Any]:
     kind_types: dict[str, set[str]] = defaultdict(set)
     for lb in incidents:
         kind_types[lb.kind].update(lb.signals)
-    alerts = [a for a in res.alerts if not a.health]
+    warm = START.timestamp() + DAY  # nothing is placed in the warm-up day: its alerts are not scored
+    alerts = [a for a in res.alerts if not a.health and a.t >= warm]
     health = [a for a in res.alerts if a.health]
 
     def matches(a: Alert, lb: Any) -> bool:

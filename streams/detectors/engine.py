@@ -28,7 +28,7 @@ from typing import Any
 
 from schemas import CATALOGUE, Evidence, HotlineEvent, SensorReading, SensorType, Severity
 from streams.detectors.aqi import AirQualityThreshold
-from streams.detectors.base import LateEvent, Signal, State
+from streams.detectors.base import SENSOR_HEALTH, LateEvent, Signal, State
 from streams.detectors.config import DetectConfig, default_config
 from streams.detectors.health import SensorHealth
 from streams.detectors.hotline import HotlineBurst, hotline_key
@@ -57,12 +57,22 @@ def _ts(t: float) -> datetime:
 class StatAdapter:
     """A `Scored`-producing core (RobustSeasonal / RateOfChange) as a Detector."""
 
-    def __init__(self, core: RobustSeasonal | RateOfChange, statistic: str, open_score: float) -> None:
+    """A `Scored`-producing core (RobustSeasonal / RateOfChange) as a Detector.
+
+    With `confirm` > 1 an episode is reported only once `confirm` of its
+    readings scored at least `open_score`: an excursion that ends before that
+    (one to a few readings far off, then back) is a sensor spike, reported as
+    sensor health (`health:spike`, opened and cleared at once), not as an
+    incident. The offline CLI uses the core directly and flags spikes."""
+
+    def __init__(self, core: RobustSeasonal | RateOfChange, statistic: str, open_score: float,
+                 confirm: int = 1) -> None:  # fmt: skip
         self.core = core
         self.name = core.name
         self.version = core.version
         self.statistic = statistic
         self.open_score = open_score
+        self.confirm = confirm
 
     def applies_to(self, reading: SensorReading) -> bool:
         return True
@@ -70,9 +80,54 @@ class StatAdapter:
     def step(self, state: State | None, reading: SensorReading) -> tuple[State, list[Signal]]:
         t = reading.ts.timestamp()
         st, r = self.core.update(state, t, reading.value)
-        if r.event is None:
+        if self.confirm <= 1:
+            if r.event is None:
+                return st, []
+            return st, [self.signal(r, reading, t)]
+        pd = st.get("pd")  # pending episode: [high readings, peak z, peak value, baseline] or "ok"
+        if r.event == "open":
+            st["pd"] = pd = [0, r.z, reading.value, r.predicted]
+        if pd is None:
             return st, []
-        return st, [self.signal(r, reading, t)]
+        if r.event == "clear":
+            st["pd"] = None
+            if pd == "ok":
+                return st, [self.signal(r, reading, t)]
+            return st, self.spike(r, reading, t, pd)
+        if pd != "ok" and r.alert:
+            if r.score >= self.open_score:
+                pd[0] += 1
+                if r.z > pd[1]:
+                    pd[1], pd[2], pd[3] = r.z, reading.value, r.predicted
+            if pd[0] >= self.confirm:
+                st["pd"] = "ok"
+                return st, [self.signal(r._replace(event="open"), reading, t)]
+        return st, []
+
+    def spike(self, r: Scored, reading: SensorReading, t: float, pd: list[Any]) -> list[Signal]:
+        start = r.episode_start if r.episode_start is not None else t
+        ty = str(reading.sensor_type)
+        out = []
+        for kind in ("open", "clear"):
+            out.append(Signal(
+                kind=kind,  # type: ignore[arg-type]
+                rule="health:spike",
+                subject=reading.sensor_id,
+                category=SENSOR_HEALTH,
+                sensor_type=ty,
+                severity=Severity.IV,
+                episode_start=_ts(start),
+                ts=reading.ts,
+                location=reading.location,
+                title=f"传感器尖峰 {ty} spike to {pd[2]:g} {reading.unit} (usual {pd[3]:.4g}), back within {pd[0]} readings",
+                evidence=Evidence(
+                    detector=self.name, detector_version=self.version, statistic=self.statistic + " (short excursion)",
+                    value=round(pd[1], 4), threshold=float(self.confirm), window_start=_ts(start), window_end=reading.ts,
+                    details={"peak": pd[2], "baseline": round(pd[3], 6), "high_readings": pd[0]},
+                ),
+                sent_at=reading.sent_at,
+            ))
+        return out
 
     def signal(self, r: Scored, reading: SensorReading, t: float) -> Signal:
         start = r.episode_start if r.episode_start is not None else t
@@ -125,8 +180,21 @@ class DetectionEngine:
         self.thresholds[SensorType.WATER_LEVEL] = WaterLevelThreshold(config)
         self.thresholds[SensorType.MANHOLE_GAS] = GasThreshold(config)
         self.thresholds[SensorType.RAINFALL] = RainfallThreshold(config)
-        self.stat = StatAdapter(RobustSeasonal(sp, clock), "robust z of the reading vs seasonal baseline", sp.open_score)
-        self.roc = StatAdapter(RateOfChange(open_score=roc_score, warmup=sp.warmup), "robust z of |change| between readings", roc_score)
+        confirm = int(config.section("statistical").get("confirm_readings", 1))
+        self.stat = StatAdapter(RobustSeasonal(sp, clock), "robust z of the reading vs seasonal baseline", sp.open_score,
+                                confirm)  # fmt: skip
+        self.roc = StatAdapter(RateOfChange(open_score=roc_score, warmup=sp.warmup), "robust z of |change| between readings",
+                               roc_score, confirm)  # fmt: skip
+        # per sensor type: the same detectors with the type's meaningful resolution as a scale floor
+        self.stat_by_type: dict[SensorType, tuple[StatAdapter, StatAdapter]] = {}
+        for ty_name, m in (config.section("statistical").get("min_sigma") or {}).items():
+            ty = SensorType(ty_name)
+            spt = dataclasses.replace(sp, min_sigma=float(m))
+            self.stat_by_type[ty] = (
+                StatAdapter(RobustSeasonal(spt, clock), self.stat.statistic, sp.open_score, confirm),
+                StatAdapter(RateOfChange(open_score=roc_score, warmup=sp.warmup, min_sigma=float(m)),
+                            self.roc.statistic, roc_score, confirm),
+            )  # fmt: skip
         skip = config.section("statistical").get("skip_types") or []
         self.stat_skip = {SensorType(s) for s in skip}
         self.hotline = HotlineBurst(config)
@@ -163,7 +231,7 @@ class DetectionEngine:
             st[thr.name] = s
             signals.extend(out)
         if reading.sensor_type not in self.stat_skip:
-            for det in (self.stat, self.roc):
+            for det in self.stat_by_type.get(reading.sensor_type) or (self.stat, self.roc):
                 s, out = det.step(st.get(det.name), reading)
                 st[det.name] = s
                 signals.extend(out)

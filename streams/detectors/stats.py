@@ -41,6 +41,7 @@ from streams.detectors.localtime import LocalClock
 MAD2SD = 1.2533141373155003  # sigma / E|x - mu| for a Gaussian
 SQRT1_2 = 0.7071067811865476
 Z99 = 2.5758293035489004  # two-sided 99 % point of N(0,1)
+Z999 = 3.2905267314919255  # two-sided 99.9 % point
 NAME = "robust_seasonal"
 VERSION = "1.0.0"
 
@@ -62,6 +63,13 @@ class StatParams:
     clear_hold: int = 3
     tail_eta: float = 0.02
     bin_scale_floor: float = 0.6  # per-bin sigma never below this share of the global one
+    alpha_long: float = 0.002  # long-run spread (about a day of minute readings)
+    long_floor: float = 0.5  # scales never below this share of the long-run spread
+    min_sigma: float = 0.0  # absolute floor (the type's meaningful resolution), 0 = none
+
+    @property
+    def min_mad(self) -> float:
+        return self.min_sigma / MAD2SD
 
 
 class Scored(NamedTuple):
@@ -81,7 +89,7 @@ def new_state(t: float, x: float) -> dict[str, Any]:
     return {
         "n": 1, "t": t, "x": x, "f": x, "sf": 0.0, "b": x, "sb": 0.0,
         "M": [0.0] * 24, "S": [0.0] * 24, "C": [0.0] * 24,
-        "res": 0.0, "q": Z99, "h": 0, "ep": None,
+        "sl": 0.0, "res": 0.0, "q": Z99, "q3": Z999, "h": 0, "ep": None,
     }  # fmt: skip
 
 
@@ -108,7 +116,15 @@ class RobustSeasonal:
             st["res"] = res = d
         st["t"] = t
         st["x"] = x
+        # the scale never collapses below a share of the long-run spread (a
+        # series idle for hours, then its usual small wobble, is not an anomaly)
+        sl = st["sl"]
         floor = 0.5 * res + 1e-9 * abs(st["b"]) + 1e-12
+        lf = p.long_floor * sl
+        if lf > floor:
+            floor = lf
+        if p.min_mad > floor:
+            floor = p.min_mad
 
         # hour-of-day bins, interpolated between bin centres
         h = ((t if self._utc else t + self.clock.offset(t)) % 86400.0) / 3600.0 - 0.5
@@ -169,6 +185,10 @@ class RobustSeasonal:
             arf = arf if arf < lf else lf
             ars = ars if ars < ls else ls
         st["sf"] = sf + a_s * (arf - sf)
+        if n <= 10:
+            st["sl"] = sl + (ars - sl) / n
+        elif a_s > 0.0:
+            st["sl"] = sl + p.alpha_long * ((ars if ars < 3.0 * sl or sl == 0.0 else 3.0 * sl) - sl)
         st["sb"] = sb + a_s * (ars - sb)
         # profile: learn x - level (before this reading's level move) in the two bins
         dev = x - b
@@ -193,15 +213,24 @@ class RobustSeasonal:
 
         # calibrated score
         q = st["q"]
-        zc = z * Z99 / q if q > Z99 else z
+        q3 = st.get("q3", Z999)
+        k = q / Z99
+        k3 = q3 / Z999
+        if k3 > k:
+            k = k3
+        zc = z / k if k > 1.0 else z
         score = math.erf(zc * SQRT1_2) if n > 2 else 0.0
 
         ep = st["ep"]
         event: str | None = None
+        if warm:  # tail calibration (99 % and 99.9 % points of z) learns slower inside an episode
+            eta = p.tail_eta if ep is None else 0.25 * p.tail_eta
+            q *= (1.0 + eta * 0.99) if z > q else (1.0 - eta * 0.01)
+            st["q"] = q if q > Z99 else Z99
+            q3 *= (1.0 + eta * 0.999) if z > q3 else (1.0 - eta * 0.001)
+            st["q3"] = q3 if q3 > Z999 else Z999
         if ep is None:
             if warm:
-                q *= (1.0 + p.tail_eta * 0.99) if z > q else (1.0 - p.tail_eta * 0.01)
-                st["q"] = q if q > Z99 else Z99
                 if score >= p.instant_score or (score >= p.open_score and st["h"] + 1 >= p.open_hold):
                     st["ep"] = ep = [t, 0, score]
                     st["h"] = 0
@@ -235,14 +264,16 @@ class RateOfChange:
     name = ROC_NAME
     version = "1.0.0"
 
-    def __init__(self, open_score: float = 0.9999999, warmup: int = 48, clear_hold: int = 3) -> None:
+    def __init__(self, open_score: float = 0.9999999, warmup: int = 48, clear_hold: int = 3,
+                 min_sigma: float = 0.0) -> None:  # fmt: skip
+        self.min_d = min_sigma / MAD2SD
         self.open_score = open_score
         self.warmup = warmup
         self.clear_hold = clear_hold
 
     def update(self, st: dict[str, Any] | None, t: float, x: float) -> tuple[dict[str, Any], Scored]:
         if st is None:
-            return {"n": 1, "t": t, "x": x, "d": 0.0, "dt": 0.0, "res": 0.0, "ep": None}, Scored(
+            return {"n": 1, "t": t, "x": x, "d": 0.0, "dl": 0.0, "dt": 0.0, "res": 0.0, "q": Z99, "ep": None}, Scored(
                 0.0, 0.0, False, None, x, 0.0, "warmup", None
             )
         n = st["n"] + 1
@@ -260,14 +291,24 @@ class RateOfChange:
         if dt > 0.0:
             st["dt"] = dt if mdt == 0.0 else mdt + 0.05 * ((dt if dt < 4 * mdt else 4 * mdt) - mdt)
         d = st["d"]
-        sig = MAD2SD * max(d, 0.5 * res + 1e-9 * abs(x) + 1e-12)
+        dl = st["dl"]
+        sig = MAD2SD * max(d, 0.5 * dl, 0.5 * res + 1e-9 * abs(x) + 1e-12, self.min_d)
         z = delta / sig
         a = 1.0 / n if n <= 10 else 0.03
         cl = delta if n <= 10 else min(delta, 5.0 * sig / MAD2SD)
+        ep = st["ep"]
         if not gap:
             st["d"] = d + a * (cl - d)
+            st["dl"] = dl + (1.0 / n if n <= 10 else 0.002) * (cl - dl)
+        # tail calibration as in RobustSeasonal (slower inside an episode)
+        q = st["q"]
+        if n > self.warmup and not gap:
+            eta = 0.02 if ep is None else 0.005
+            q2 = q * ((1.0 + eta * 0.99) if z > q else (1.0 - eta * 0.01))
+            st["q"] = q2 if q2 > Z99 else Z99
+        if q > Z99:
+            z = z * Z99 / q
         score = math.erf(z * SQRT1_2) if n > 3 and not gap else 0.0
-        ep = st["ep"]
         event = None
         if ep is None:
             if n > self.warmup and score >= self.open_score:

@@ -87,6 +87,9 @@ class NoiseThreshold:
         self.default_zone = str(c["default_zone"])
         self.clear_margin = float(c["clear_margin"])
         self.clear_after = int(c["clear_after"])
+        self.above_usual_db = float(c.get("above_usual_db", 6.0))
+        self.learn_min = int(c.get("learn_min_readings", 30))
+        self.learn_s = float(c.get("learn_hours", 3.0)) * 3600.0
         self.clock = LocalClock(self.cfg.tz)
 
     def applies_to(self, reading: SensorReading) -> bool:
@@ -123,6 +126,24 @@ class NoiseThreshold:
         limit = self.cfg.noise_limits[zone][0 if day else 1]
         excess = leq - limit
         sev = _level(excess, self.cfg.noise_exceedance)
+        # the site's usual Leq at this local hour (learned): a site that always
+        # exceeds its zone limit is a compliance matter for the daily report,
+        # not an alert every evening; only an exceedance that also stands out
+        # from the usual by `above_usual_db` alerts once the hour is learned
+        usual = st.setdefault("u", [0.0] * 24)
+        uc = st.setdefault("uc", [0] * 24)
+        learned = uc[hour] >= self.learn_min
+        unusual = not learned or leq - usual[hour] >= self.above_usual_db
+        if st["ep"] is None and not unusual:
+            sev = None
+        gap = t - st.get("lt", t)
+        # a running mean at first, then ~learn_hours of this hour's data; an open
+        # episode teaches the usual level 4x slower
+        a_time = min(1.0, max(gap, 1.0) / self.learn_s) * (0.25 if st["ep"] is not None else 1.0)
+        a = max(1.0 / (uc[hour] + 1), a_time)
+        usual[hour] = round(usual[hour] + a * (leq - usual[hour]), 2)
+        uc[hour] = min(uc[hour] + 1, 10_000)
+        st["lt"] = t
         first = self.cfg.noise_exceedance[0][0]
         ep, kind = hysteresis(st["ep"], sev, excess <= first - self.clear_margin, t, self.clear_after)
         st["ep"] = ep
@@ -139,7 +160,8 @@ class NoiseThreshold:
             statistic=f"Leq {self.window_s // 60} min vs GB 3096-2008 zone {zone} {'day' if day else 'night'} limit",
             value=round(leq, 2), threshold=limit,
             window_start=datetime.fromtimestamp(buckets[0][0], UTC), window_end=reading.ts,
-            details={"excess_db": round(excess, 2), "zone": zone, "period": "day" if day else "night", "local_hour": hour},
+            details={"excess_db": round(excess, 2), "zone": zone, "period": "day" if day else "night", "local_hour": hour,
+                     "usual_leq": usual[hour] if learned else None},
         )  # fmt: skip
         title = f"噪声超标 noise Leq {leq:.1f} dB(A) > {limit:.0f} (zone {zone}, {'day' if day else 'night'})"
         return st, [_signal(self, kind, reading, "noise", severity, start, title, ev)]
