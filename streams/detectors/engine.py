@@ -66,7 +66,8 @@ class StatAdapter:
     incident. The offline CLI uses the core directly and flags spikes."""
 
     def __init__(self, core: RobustSeasonal | RateOfChange, statistic: str, open_score: float,
-                 confirm: int = 1) -> None:  # fmt: skip
+                 confirm: int = 1, report_spikes: bool = True) -> None:  # fmt: skip
+        self.report_spikes = report_spikes
         self.core = core
         self.name = core.name
         self.version = core.version
@@ -93,7 +94,7 @@ class StatAdapter:
             st["pd"] = None
             if pd == "ok":
                 return st, [self.signal(r, reading, t)]
-            return st, self.spike(r, reading, t, pd)
+            return st, (self.spike(r, reading, t, pd) if self.report_spikes else [])
         if pd != "ok" and r.alert:
             if r.score >= self.open_score:
                 pd[0] += 1
@@ -183,8 +184,10 @@ class DetectionEngine:
         confirm = int(config.section("statistical").get("confirm_readings", 1))
         self.stat = StatAdapter(RobustSeasonal(sp, clock), "robust z of the reading vs seasonal baseline", sp.open_score,
                                 confirm)  # fmt: skip
+        # a rate-of-change episode is reported when the rapid change goes on for `confirm`
+        # readings; a lone jump is the seasonal detector's (spike or level change)
         self.roc = StatAdapter(RateOfChange(open_score=roc_score, warmup=sp.warmup), "robust z of |change| between readings",
-                               roc_score, confirm)  # fmt: skip
+                               roc_score, confirm, report_spikes=False)  # fmt: skip
         # per sensor type: the same detectors with the type's meaningful resolution as a scale floor
         self.stat_by_type: dict[SensorType, tuple[StatAdapter, StatAdapter]] = {}
         for ty_name, m in (config.section("statistical").get("min_sigma") or {}).items():
@@ -193,7 +196,7 @@ class DetectionEngine:
             self.stat_by_type[ty] = (
                 StatAdapter(RobustSeasonal(spt, clock), self.stat.statistic, sp.open_score, confirm),
                 StatAdapter(RateOfChange(open_score=roc_score, warmup=sp.warmup, min_sigma=float(m)),
-                            self.roc.statistic, roc_score, confirm),
+                            self.roc.statistic, roc_score, confirm, report_spikes=False),
             )  # fmt: skip
         skip = config.section("statistical").get("skip_types") or []
         self.stat_skip = {SensorType(s) for s in skip}

@@ -84,33 +84,38 @@ class HotlineBurst:
         return self.diurnal[self.clock.hour(bucket * self.bucket_s + self.bucket_s / 2)]
 
     def _advance(self, st: State, bucket: int) -> None:
-        """Fold completed buckets before `bucket` into the usual rate; drop old ones."""
-        last = st["cur"]
-        if bucket <= last:
+        """Move the window to end at `bucket`; buckets leaving it are folded into
+        the usual rate, so the usual level never includes the window it judges
+        (a burst cannot teach itself away before it is noticed)."""
+        if bucket <= st["cur"]:
             return
-        counts = {b: c for b, c in st["b"]}
-        lam = st["lam"]
-        a = self.alpha
-        # buckets last..bucket-1 are complete: learn from them (zeros in gaps in closed form)
-        steps = min(bucket - last, 10_000)
-        seen = st.get("n", 0)
-        for b in range(last, min(bucket, last + self.nb + 1)):
-            c = counts.get(b, 0)
-            if st["ep"] is None:  # a burst does not teach the usual level
-                seen += 1
-                # a running mean at first (no long cold start), then the half-life
-                lam += max(a, 1.0 / (seen + self.prior_weight)) * (c / self._factor(b) - lam)
-        if steps > self.nb + 1:
-            rest = steps - self.nb - 1
-            if seen < 1.0 / a:  # still learning: zeros count as a running mean
-                lam *= (seen + self.prior_weight) / (seen + self.prior_weight + rest)
-                seen += rest
-            else:
-                lam *= (1.0 - a) ** rest
-        st["n"] = min(seen, 100_000)
-        st["lam"] = max(lam, 1e-6)
+        first_kept = bucket - self.nb + 1
+        fold_from = st.get("f", st["cur"] - self.nb + 1)
+        if first_kept > fold_from:
+            counts = {b: c for b, c in st["b"]}
+            lam = st["lam"]
+            a = self.alpha
+            seen = st.get("n", 0)
+            learn = st["ep"] is None  # a burst does not teach the usual level
+            steps = min(first_kept - fold_from, 100_000)
+            # buckets with calls are at most the old window: the rest are zeros, in closed form
+            for b in range(fold_from, min(first_kept, fold_from + self.nb)):
+                if learn:
+                    seen += 1
+                    # a running mean at first (no long cold start), then the half-life
+                    lam += max(a, 1.0 / (seen + self.prior_weight)) * (counts.get(b, 0) / self._factor(b) - lam)
+            rest = steps - self.nb
+            if rest > 0 and learn:
+                if seen < 1.0 / a:  # still learning: zeros count as a running mean
+                    lam *= (seen + self.prior_weight) / (seen + self.prior_weight + rest)
+                    seen += rest
+                else:
+                    lam *= (1.0 - a) ** rest
+            st["n"] = min(seen, 100_000)
+            st["lam"] = max(lam, 1e-6)
+            st["f"] = first_kept
         st["cur"] = bucket
-        st["b"] = [[b, c] for b, c in st["b"] if b > bucket - self.nb]
+        st["b"] = [[b, c] for b, c in st["b"] if b >= first_kept]
 
     def _evaluate(self, st: State, t: float, ts: datetime) -> tuple[str | None, dict[str, Any]]:
         cur = st["cur"]

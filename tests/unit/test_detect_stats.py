@@ -232,3 +232,24 @@ def test_hotline_usual_volume_is_not_a_burst() -> None:
         st, s = det.step(st, call(i, t, "noise"))
         opens += sum(x.kind == "open" for x in s)
     assert opens <= 2
+
+
+def test_a_short_spike_is_sensor_health_a_lasting_jump_an_incident() -> None:
+    eng = DetectionEngine()
+    rng = random.Random(16)
+    states = None
+    sigs = []
+    for i in range(600):
+        v = rng.gauss(1500, 60)
+        if i == 300:
+            v = 4000.0  # one reading far off, then back: a spike
+        if i >= 450:
+            v -= 1200.0  # a lasting drop: an incident (jam)
+        states, s = eng.step_reading(states, rd(max(v, 0.0), 60 * i))
+        sigs += s
+    spikes = [s for s in sigs if s.rule == "health:spike"]
+    assert [s.kind for s in spikes] == ["open", "clear"] and spikes[0].category == SENSOR_HEALTH
+    assert spikes[0].episode_start == T0 + timedelta(seconds=60 * 300)
+    incidents = [s for s in sigs if s.category != SENSOR_HEALTH and s.kind == "open"]
+    assert incidents and all(s.ts >= T0 + timedelta(seconds=60 * 450) for s in incidents)
+    assert incidents[0].ts <= T0 + timedelta(seconds=60 * 455)  # confirmed after 4 readings
