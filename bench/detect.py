@@ -38,6 +38,7 @@ T0 = datetime(2025, 7, 1, tzinfo=UTC)
 LOC = {"district": "朝阳区", "street": "望京街道", "grid": "g-1", "lat": 39.99, "lon": 116.47}
 TYPES = {
     "pm25": ("ug/m3", 60, lambda i, r: max(0.0, 60 + 25 * math.sin(i / 229.0) + r.gauss(0, 4))),
+    "o3": ("ug/m3", 60, lambda i, r: max(0.0, 80 + 40 * math.sin(i / 229.0) + r.gauss(0, 5))),
     "noise": ("dB(A)", 10, lambda i, r: 55 + 8 * math.sin(i / 1375.0) + r.gauss(0, 1.5)),
     "water_level": ("m", 30, lambda i, r: 1.5 + 0.02 * math.sin(i / 458.0) + r.gauss(0, 0.01)),
     "manhole_gas": ("%LEL", 30, lambda i, r: max(0.0, round(0.8 + r.gauss(0, 0.25), 1))),

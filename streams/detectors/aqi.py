@@ -133,6 +133,9 @@ class AirQualityThreshold:
         self.bucket_s = int(bucket.total_seconds())
         self.clear_margin = int(air["clear_margin"]) if clear_margin is None else clear_margin
         self.clear_after = int(air["clear_after"]) if clear_after is None else clear_after
+        # the least severity that opens an episode (HJ 633 light pollution = IV by default);
+        # an open episode follows the category down to IV before it clears
+        self.open_from = Severity(str(air.get("open_from", "IV")))
         self.long_periods: dict[str, list[tuple[int, str]]] = {
             pol: [(w, t) for w, t in periods if w > self.window_s] for pol, periods in self.cfg.air_periods.items()
         }
@@ -220,7 +223,7 @@ class AirQualityThreshold:
         ep = st["episode"]
         out: list[Signal] = []
         if ep is None:
-            if sev is not None:
+            if sev is not None and sev.rank >= self.open_from.rank:
                 start = reading.ts
                 st["episode"] = {"start": start.isoformat(), "sev": sev.value, "below": 0}
                 out.append(signal("open", sev, start))

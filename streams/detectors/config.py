@@ -125,6 +125,8 @@ def validate(raw: Any, sites: Mapping[str, Mapping[str, Any]] | None = None) -> 
             items.append((int(_num(p, "window_s", where, lo=60, hi=7 * 86400)), str(p["table"])))
         periods[str(pol)] = items
     air_sev = _levels(air.get("severity_from_aqi"), "air.severity_from_aqi")
+    if str(air.get("open_from", "IV")) not in _SEVERITIES:
+        raise ConfigError(f"air.open_from must be a severity (IV, III, II, I), got {air.get('open_from')!r}")
 
     noise = _section(raw, "noise")
     limits: dict[str, tuple[float, float]] = {}
