@@ -61,7 +61,7 @@ class StatParams:
     instant_score: float = 0.999999
     clear_score: float = 0.99
     clear_hold: int = 3
-    tail_eta: float = 0.02
+    tail_eta: float = 0.05
     bin_scale_floor: float = 0.6  # per-bin sigma never below this share of the global one
     alpha_long: float = 0.002  # long-run spread (about a day of minute readings)
     long_floor: float = 0.5  # scales never below this share of the long-run spread
