@@ -93,3 +93,12 @@ def test_cli_prints_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture
     assert not out.exists()  # nothing half-written
     assert main(["detect", "--input", str(tmp_path / "missing.csv")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_timezone_option_and_unknown_zone(tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    write_series(src, n=400, spike_at=350)
+    out = tmp_path / "o.csv"
+    assert main(["detect", "--input", str(src), "--output", str(out), "--timezone", "Asia/Shanghai"]) == 0
+    assert len(out.read_text().splitlines()) == 401
+    assert main(["detect", "--input", str(src), "--timezone", "Mars/Olympus"]) == 2

@@ -157,3 +157,19 @@ def test_engine_states_are_json_and_signals_deterministic() -> None:
     a, b = run(), run()
     assert a == b
     assert any("aqi_threshold:pm25" in s for s in a) and any("water_level" in s for s in a)
+
+
+def test_aqi_open_from_setting_keeps_light_pollution_a_notice() -> None:
+    det = AirQualityThreshold(config=load_config(overrides={"air": {"open_from": "III"}}))
+    st = None
+    kinds = []
+    for i in range(24):  # 1-h mean ~100 ug/m3: IAQI ~132, light pollution (IV)
+        st, sig = det.step(st, rd("pm25", 100.0, minutes=5 * i))
+        kinds += sig
+    assert kinds == []
+    for i in range(24, 48):  # ~170 ug/m3: IAQI ~220 (II) opens
+        st, sig = det.step(st, rd("pm25", 170.0, minutes=5 * i))
+        kinds += sig
+    assert kinds and kinds[0].kind == "open" and kinds[0].severity.rank >= Severity.III.rank
+    with pytest.raises(ConfigError, match="open_from"):
+        load_config(overrides={"air": {"open_from": "purple"}})
