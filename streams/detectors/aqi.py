@@ -139,7 +139,8 @@ class AirQualityThreshold:
         self.long_periods: dict[str, list[tuple[int, str]]] = {
             pol: [(w, t) for w, t in periods if w > self.window_s] for pol, periods in self.cfg.air_periods.items()
         }
-        self.hours_kept = max((w for ps in self.long_periods.values() for w, _ in ps), default=0) // 3600
+        # hourly buckets each pollutant needs (O3 8 h; SO2/NO2/CO 24 h)
+        self.hours_kept = {pol: max((w for w, _ in ps), default=0) // 3600 for pol, ps in self.long_periods.items()}
 
     def applies_to(self, reading: SensorReading) -> bool:
         return reading.sensor_type in REALTIME_TABLE
@@ -172,8 +173,9 @@ class AirQualityThreshold:
             hours: list[list[float]] = st.setdefault("hours", [])
             _add(hours, t // 3600, reading.value)
             h_newest = hours[-1][0]
-            if hours[0][0] <= h_newest - self.hours_kept:
-                st["hours"] = hours = [h for h in hours if h[0] > h_newest - self.hours_kept]
+            kept = self.hours_kept[pol]
+            if hours[0][0] <= h_newest - kept:
+                st["hours"] = hours = [h for h in hours if h[0] > h_newest - kept]
             if new_bucket or "long" not in st:
                 long: dict[str, list[float]] = {}
                 for w, tab in longs:

@@ -107,12 +107,12 @@ class SensorHealth:
                 ))  # fmt: skip
             if gap > 0:
                 d = st["dt"]
-                st["dt"] = d + 0.05 * (min(gap, 4 * d) - d)
+                st["dt"] = round(d + 0.05 * (min(gap, 4 * d) - d), 2)
             if gap >= 0:
                 st["t"] = t
             same = x == st["x"]
             if st["stuck"] is None:
-                st["rep"] += 0.01 * ((1.0 if same else 0.0) - st["rep"])
+                st["rep"] = round(st["rep"] + 0.01 * ((1.0 if same else 0.0) - st["rep"]), 5)
             if same:
                 st["run"] += 1
             else:

@@ -211,6 +211,14 @@ class RobustSeasonal:
             M[i] = round(m + a * e, nd)
             S[i] = round(S[i] + a * (ars - S[i]), nd)
 
+        # short numbers in the stored state (1e-7 of the spread: far below any signal)
+        nd2 = nd + 2
+        st["f"] = round(st["f"], nd2)
+        st["b"] = round(st["b"], nd2)
+        st["sf"] = round(st["sf"], nd2)
+        st["sb"] = round(st["sb"], nd2)
+        st["sl"] = round(st["sl"], nd2)
+
         # calibrated score
         q = st["q"]
         q3 = st.get("q3", Z999)
@@ -226,9 +234,9 @@ class RobustSeasonal:
         if warm:  # tail calibration (99 % and 99.9 % points of z) learns slower inside an episode
             eta = p.tail_eta if ep is None else 0.25 * p.tail_eta
             q *= (1.0 + eta * 0.99) if z > q else (1.0 - eta * 0.01)
-            st["q"] = q if q > Z99 else Z99
+            st["q"] = round(q, 5) if q > Z99 else Z99
             q3 *= (1.0 + eta * 0.999) if z > q3 else (1.0 - eta * 0.001)
-            st["q3"] = q3 if q3 > Z999 else Z999
+            st["q3"] = round(q3, 5) if q3 > Z999 else Z999
         if ep is None:
             if warm:
                 if score >= p.instant_score or (score >= p.open_score and st["h"] + 1 >= p.open_hold):

@@ -119,6 +119,7 @@ class NoiseThreshold:
                     break
         newest = buckets[-1][0]
         buckets[:] = [b for b in buckets if b[0] > newest - self.window_s]
+        buckets[-1][1] = round(buckets[-1][1], 1)  # energy sums: 0.1 of >= 1e2 keeps the state short
         leq = 10.0 * math.log10(sum(b[1] for b in buckets) / sum(b[2] for b in buckets))
         hour = self.clock.hour(t)
         day = self.day_h <= hour < self.night_h
@@ -142,7 +143,7 @@ class NoiseThreshold:
         a_time = min(1.0, max(gap, 1.0) / self.learn_s) * (0.25 if st["ep"] is not None else 1.0)
         a = max(1.0 / (uc[hour] + 1), a_time)
         usual[hour] = round(usual[hour] + a * (leq - usual[hour]), 2)
-        uc[hour] = min(uc[hour] + 1, 10_000)
+        uc[hour] = min(uc[hour] + 1, 999)
         st["lt"] = t
         first = self.cfg.noise_exceedance[0][0]
         ep, kind = hysteresis(st["ep"], sev, excess <= first - self.clear_margin, t, self.clear_after)
