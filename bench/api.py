@@ -71,7 +71,7 @@ async def load(url: str, token: str, ids: list[str], clients: int, seconds: floa
                 else:
                     kind, path, params = "detail", f"/api/v1/alerts/{rnd.choice(ids)}", {}
                 t = time.perf_counter()
-                r = await c.get(path, params=params)
+                r = await c.get(path, params=params)  # type: ignore[arg-type]
                 dt = (time.perf_counter() - t) * 1000
                 if r.status_code != 200:
                     errors += 1

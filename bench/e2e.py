@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import threading
 import time
@@ -33,10 +32,10 @@ from typing import Any
 import asyncpg
 import orjson
 import paho.mqtt.client as mqtt
-import psutil
 from aiokafka import AIOKafkaConsumer
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.common import ProcStats, conditions, percentile, service_pids
 from citybrain.supervisor import Supervisor
 from citybrain.topics import Topics
 from connectors.mqtt_kafka import parse_mqtt_url
@@ -45,14 +44,6 @@ from schemas import CATALOGUE, SensorType
 ROOT = Path(__file__).resolve().parent.parent
 DISTRICTS = [("朝阳区", 39.92, 116.44), ("海淀区", 39.96, 116.30), ("丰台区", 39.86, 116.29), ("东城区", 39.93, 116.42)]
 TYPES = [t for t in SensorType]
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
-    return s[k]
 
 
 @dataclass
@@ -132,51 +123,6 @@ class Publisher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-class ProcStats:
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.procs = {}
-        for name, pid in pids.items():
-            try:
-                self.procs[name] = psutil.Process(pid)
-            except psutil.Error:
-                continue
-        self.cpu0 = {n: self._cpu(p) for n, p in self.procs.items()}
-        self.peak = dict.fromkeys(self.procs, 0)
-
-    @staticmethod
-    def _cpu(p: psutil.Process) -> float:
-        try:
-            t = p.cpu_times()
-            return t.user + t.system
-        except psutil.Error:
-            return 0.0
-
-    def sample(self) -> None:
-        for n, p in self.procs.items():
-            try:
-                self.peak[n] = max(self.peak[n], p.memory_info().rss)
-            except psutil.Error:
-                pass
-
-    def report(self) -> dict[str, dict[str, float]]:
-        return {
-            n: {"cpu_s": round(self._cpu(p) - self.cpu0[n], 2), "peak_rss_mb": round(self.peak[n] / 2**20, 1)}
-            for n, p in self.procs.items()
-        }
-
-
-def service_pids() -> dict[str, int]:
-    pids = {}
-    for name, rel in (("kafka", "kafka/kafka.pid"), ("mosquitto", "mosquitto/mosquitto.pid")):
-        f = ROOT / ".run" / rel
-        if f.exists():
-            pids[name] = int(f.read_text().split()[0])
-    pg = ROOT / ".run" / "pg" / "data" / "postmaster.pid"
-    if pg.exists():
-        pids["postgres"] = int(pg.read_text().split()[0])
-    return pids
 
 
 async def alert_latencies(bootstrap: str, topic: str, run: str, sink: list[float], stop: asyncio.Event) -> None:
@@ -335,14 +281,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "p99_alert_ms": best["p99_alert_ms"] if best else None,
         "p99_alert_ms_at_10k": at_10k["p99_alert_ms"] if at_10k else None,
         "steps": steps,
-        "conditions": {
-            "cpus": os.cpu_count(),
-            "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "duration_s": args.duration,
-            "sensors": args.sensors,
-            "batch": args.batch,
-            "python": sys.version.split()[0],
-        },
+        "conditions": conditions() | {"duration_s": args.duration, "sensors": args.sensors, "batch": args.batch},
     }
 
 

@@ -48,13 +48,15 @@ async def _run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
     await ensure_topics(bootstrap, pipeline_topics(LIVE, 4))
-    subprocess.run([sys.executable, "-m", "citybrain.cli", "db", "migrate"], env=env, check=True)
+    await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "citybrain.cli", "db", "migrate"], env=env, check=True
+    )
     sup = Supervisor(ROOT / ".run" / "demo", base_env=env)
     sup.start("connector", ["connector"])
     sup.start("worker", ["worker"])
     sup.start("writer", ["writer"])
     if args.dashboard:
-        sup.start("opscenter", ["opscenter", "--port", str(args.port)])
+        sup.start("opscenter", ["opscenter", "--port", str(args.port), "--demo"])
     sim_args = ["sim", "run", "--scenario", "demo", "--speed", str(args.speed), "--seed", str(args.seed)]
     if args.duration:
         sim_args += ["--duration", args.duration]
@@ -65,7 +67,7 @@ async def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     print(
         "City brain demo running. Where to look:\n"
-        f"  dashboard : http://127.0.0.1:{args.port}/  (tokens in .run/demo/opscenter.log)\n"
+        f"  dashboard : http://127.0.0.1:{args.port}/  (open the #token=... URL printed in .run/demo/opscenter.log)\n"
         f"  topics    : {LIVE.readings}, {LIVE.alerts}, {LIVE.dept('eeb')}, {LIVE.dlq}\n"
         "  database  : psql \"$DATABASE_URL\" -c 'SELECT alert_id, severity, status, title FROM alerts "
         "ORDER BY last_seen DESC LIMIT 10'\n"

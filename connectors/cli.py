@@ -17,7 +17,10 @@ async def _run(settings: object) -> None:
 
     assert isinstance(settings, MqttKafkaSettings)
     await ensure_topics(settings.kafka_bootstrap_servers, pipeline_topics(Topics(settings.topic_prefix), 4))
-    connector = MqttKafkaConnector(settings, default_routes(), clock=now_utc)
+    from connectors.registry import DeviceRegistry
+
+    registry = DeviceRegistry.from_file(settings.registry_file) if settings.registry_file else DeviceRegistry.sample()
+    connector = MqttKafkaConnector(settings, default_routes(), clock=now_utc, registry=registry)
     if settings.metrics_port:
         connector.metrics.serve(settings.metrics_port)
     stop = asyncio.Event()

@@ -146,8 +146,12 @@ def _cmd_redrive(args: argparse.Namespace) -> int:
     if not records:
         print("nothing selected: check --reason / --offset against `citybrain dlq list`")
         return 1
+    from connectors.registry import DeviceRegistry
+
     key = os.environ.get("CONNECTOR_PII_KEY", "").encode()
-    n, failed = asyncio.run(redrive(bootstrap, topics, records, key, dry_run=args.dry_run))
+    reg_file = os.environ.get("CONNECTOR_REGISTRY_FILE")
+    registry = DeviceRegistry.from_file(reg_file) if reg_file else DeviceRegistry.sample()
+    n, failed = asyncio.run(redrive(bootstrap, topics, records, key, registry, dry_run=args.dry_run))
     verb = "would re-submit" if args.dry_run else "re-submitted"
     print(f"{verb} {n} event(s) from {len(records) - len(failed)} record(s); {len(failed)} still rejected")
     for r, why in failed[:20]:

@@ -66,6 +66,8 @@ class MqttKafkaSettings(BaseSettings):
     metrics_port: int = 0
     pii_key: SecretStr = SecretStr("")
     compression: str | None = None
+    # device registry for SenML / ChirpStack / TTS payloads; default: the shipped sample
+    registry_file: str | None = None
     linger_ms: int = 5
 
 
@@ -239,7 +241,7 @@ class MqttKafkaConnector:
         m = self.metrics
         m.received.inc()
         topic = msg.topic
-        payload = msg.payload
+        payload = bytes(msg.payload)
         try:
             if len(payload) > self.settings.max_payload_bytes:
                 raise RejectedPayload(
@@ -337,20 +339,16 @@ class MqttKafkaConnector:
 
 
 def default_routes() -> list[Route]:
-    """Native JSON formats; the LoRaWAN and SenML decoders join when present."""
-    from connectors.decoders import native
+    """Every payload format the connector speaks, by MQTT topic."""
+    from connectors.decoders import chirpstack, native, senml, tts
 
-    routes = [
+    return [
         Route("city/sensors/#", native.decode_readings),
         Route("city/hotline/#", native.decode_hotline),
+        Route(senml.ROUTE_PATTERN, senml.decode),
+        Route(chirpstack.ROUTE_PATTERN, chirpstack.decode),
+        Route(tts.ROUTE_PATTERN, tts.decode),
     ]
-    for module_name in ("senml", "chirpstack", "tts"):
-        try:
-            module = __import__(f"connectors.decoders.{module_name}", fromlist=["decode"])
-        except ModuleNotFoundError:
-            continue
-        routes.append(Route(module.ROUTE_PATTERN, module.decode))
-    return routes
 
 
 async def run_connector(connector: MqttKafkaConnector, stop: asyncio.Event) -> None:

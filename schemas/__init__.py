@@ -9,12 +9,12 @@ from schemas.alerts import (
     Incident,
     alert_id_for,
 )
-from schemas.common import SCHEMA_VERSION, Location, Severity, UtcDatetime, stable_id
+from schemas.common import SCHEMA_VERSION, Location, Severity, UtcDatetime, WireModel, stable_id
 from schemas.hotline import HotlineCategory, HotlineEvent, TicketStatus
 from schemas.readings import SensorReading, reading_event_id
 from schemas.sensors import CATALOGUE, SensorSpec, SensorType
 
-WIRE_MODELS = {
+WIRE_MODELS: dict[str, type[WireModel]] = {
     "SensorReading": SensorReading,
     "HotlineEvent": HotlineEvent,
     "Alert": Alert,

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.common import SCHEMA_VERSION, Location, Severity, UtcDatetime, WireModel, stable_id
+from schemas.common import Location, Severity, UtcDatetime, WireModel, stable_id
 
 
 def alert_id_for(rule: str, subject: str, window_start_iso: str) -> str:
@@ -40,7 +40,7 @@ class Evidence(WireModel):
 
 
 class Alert(WireModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     alert_id: str
     rule: str
     subject: str = Field(description="what the alert is about: a sensor id, or an area key")
@@ -82,7 +82,7 @@ class ActionKind(StrEnum):
 
 
 class AlertAction(WireModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     event_id: str = Field(min_length=1, max_length=128)
     alert_id: str
     action: ActionKind
@@ -95,7 +95,7 @@ class AlertAction(WireModel):
 
 
 class Incident(WireModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     incident_id: str
     kind: str
     severity: Severity

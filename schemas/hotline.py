@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.common import SCHEMA_VERSION, Location, UtcDatetime, WireModel
+from schemas.common import Location, UtcDatetime, WireModel
 
 
 class HotlineCategory(StrEnum):
@@ -38,7 +38,7 @@ class TicketStatus(StrEnum):
 
 
 class HotlineEvent(WireModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     event_id: str = Field(min_length=1, max_length=128)
     ticket_id: str = Field(min_length=1, max_length=64)
     kind: Literal["created", "status", "feedback"]

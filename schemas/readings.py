@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from schemas.common import SCHEMA_VERSION, Location, UtcDatetime, WireModel, stable_id
+from schemas.common import Location, UtcDatetime, WireModel, stable_id
 from schemas.sensors import CATALOGUE, SensorType
 
 
@@ -16,7 +16,7 @@ def reading_event_id(sensor_id: str, ts_iso: str) -> str:
 
 
 class SensorReading(WireModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     event_id: str = Field(min_length=1, max_length=128)
     sensor_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
     sensor_type: SensorType

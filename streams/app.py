@@ -125,6 +125,7 @@ def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust
                     continue
                 key = reading.sensor_id.encode()
                 try:
+                    st: dict[str, Any] | None
                     held = touched.get(key)
                     if held is not None:
                         st = held[1]
