@@ -18,6 +18,10 @@ command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
 command -v psql >/dev/null || missing+=(postgresql-client)
 command -v runuser >/dev/null || missing+=(util-linux)
+# the dashboard's browser test drives Debian's Chromium (never a downloaded browser)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+# Chinese glyphs for the dashboard on this machine
+dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || missing+=(fonts-wqy-microhei)
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "[install] ERROR: need root to apt-get install ${missing[*]}" >&2; exit 1; }
   log "apt-get install ${missing[*]}"
