@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from citybrain.dlq import dlq_headers
+from citybrain.errors import RejectedPayload
 from citybrain.kafka_admin import ensure_topics
 from citybrain.topics import Topics
 from schemas import Alert, SensorReading
@@ -34,6 +35,7 @@ from streams.pipeline import ReadingProcessor
 from streams.routing import DEFAULT_RULES, load_rules
 
 log = logging.getLogger("citybrain.streams")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class WorkerSettings(BaseSettings):
@@ -47,6 +49,8 @@ class WorkerSettings(BaseSettings):
     batch_max: int = 1000
     batch_within_s: float = 0.02
     data_dir: str = ".run/faust"
+    tick_every_s: float = 10.0
+    lateness_s: float = 600.0
 
 
 def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust.App:
@@ -80,6 +84,7 @@ def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust
         partitions=settings.partitions,
     )
     processor = ReadingProcessor(load_rules(Path(settings.rules_file)))
+    clock_state = {"watermark_src": EPOCH}
     dept_topics: dict[str, Any] = {}
 
     async def dept_topic(code: str) -> Any:
@@ -133,7 +138,13 @@ def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust
                         raw = state.data.get(key)
                         st = orjson.loads(raw) if raw else None
                     st, alerts = processor.step(st, reading)
+                    st["p"] = event.message.partition
                     touched[key] = (event.message.partition, st)
+                    if reading.ts > clock_state["watermark_src"]:
+                        clock_state["watermark_src"] = reading.ts
+                except RejectedPayload as exc:  # late beyond the allowed lateness, counted in the DLQ
+                    await dead_letter(event, exc.reason, exc.message)
+                    continue
                 except Exception as exc:  # one bad record must not stop or silently ack the stream
                     log.exception("processing failed")
                     await dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}")
@@ -144,5 +155,30 @@ def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust
                 body = orjson.dumps(st)
                 state.data[key] = body
                 state.send_changelog(partition, key, body)
+
+    @app.timer(interval=settings.tick_every_s)
+    async def tick_sensors() -> None:
+        """Silence is detected by event-time progress, not by the next reading:
+        every few seconds each sensor this worker holds sees the watermark."""
+        watermark = clock_state["watermark_src"] - timedelta(seconds=settings.lateness_s)
+        if watermark <= EPOCH:
+            return
+        for key in list(state.data.keys()):
+            raw = state.data.get(key)
+            if not raw:
+                continue
+            st = orjson.loads(raw)
+            try:
+                st, alerts = processor.tick(st, watermark)
+            except Exception:
+                log.exception("tick failed for %r", key)
+                continue
+            if alerts:
+                for alert in alerts:
+                    await publish(alert)
+            body = orjson.dumps(st)
+            if body != raw:
+                state.data[key] = body
+                state.send_changelog(st.get("p", 0), key, body)
 
     return app

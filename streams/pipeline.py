@@ -1,44 +1,45 @@
 """Per-reading processing shared by the Faust agent, replay and the CLI:
-detectors -> signals -> alerts (with routing). Pure and synchronous.
+detection engine -> signals -> alerts (with routing). Pure and synchronous.
 
-State per sensor: {"det": {detector name: state}, "alerts": {rule: alert state}}.
+State per sensor: {"det": engine states, "alerts": {rule: alert state}, "p": source partition}.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from schemas import Alert, SensorReading
 from streams.alerting import apply_signal
-from streams.detectors.aqi import AirQualityThreshold
-from streams.detectors.base import Detector
+from streams.detectors.base import Signal
+from streams.detectors.engine import DetectionEngine
 from streams.routing import RoutingTable
 
 
-def default_detectors() -> list[Detector]:
-    return [AirQualityThreshold()]
-
-
 class ReadingProcessor:
-    def __init__(self, routing: RoutingTable, detectors: Sequence[Detector] | None = None) -> None:
+    def __init__(self, routing: RoutingTable, engine: DetectionEngine | None = None) -> None:
         self.routing = routing
-        self.detectors = list(detectors) if detectors is not None else default_detectors()
+        self.engine = engine if engine is not None else DetectionEngine()
 
     def step(self, state: dict[str, Any] | None, reading: SensorReading) -> tuple[dict[str, Any], list[Alert]]:
-        st = state if state is not None else {"det": {}, "alerts": {}}
+        """Raises `LateEvent` (a RejectedPayload, reason 'late') for a reading past the lateness."""
+        st = state if state is not None else {"det": None, "alerts": {}}
+        st["det"], signals = self.engine.step_reading(st.get("det"), reading)
+        return st, self._alerts(st, signals)
+
+    def tick(self, state: dict[str, Any], watermark: datetime) -> tuple[dict[str, Any], list[Alert]]:
+        """Event-time progress without a new reading (silence detection)."""
+        det, signals = self.engine.tick(state.get("det"), watermark)
+        state["det"] = det
+        return state, self._alerts(state, signals)
+
+    def _alerts(self, st: dict[str, Any], signals: list[Signal]) -> list[Alert]:
         alerts: list[Alert] = []
-        for det in self.detectors:
-            if not det.applies_to(reading):
-                continue
-            det_state, signals = det.step(st["det"].get(det.name), reading)
-            st["det"][det.name] = det_state
-            for sig in signals:
-                prev = st["alerts"].get(sig.rule)
-                new, alert = apply_signal(prev, sig, self.routing)
-                if new is None:
-                    st["alerts"].pop(sig.rule, None)
-                else:
-                    st["alerts"][sig.rule] = new
-                alerts.append(alert)
-        return st, alerts
+        for sig in signals:
+            new, alert = apply_signal(st["alerts"].get(sig.rule), sig, self.routing)
+            if new is None:
+                st["alerts"].pop(sig.rule, None)
+            else:
+                st["alerts"][sig.rule] = new
+            alerts.append(alert)
+        return alerts
