@@ -126,7 +126,9 @@ class Publisher:
 
 
 async def alert_latencies(bootstrap: str, topic: str, run: str, sink: list[float], stop: asyncio.Event) -> None:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None, metadata_max_age_ms=1000
+    )
     await consumer.start()
     prefix = f"bench-{run}-trig-"
     try:

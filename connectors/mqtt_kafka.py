@@ -157,6 +157,7 @@ class MqttKafkaConnector:
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         self._client = client
         client.connect_async(host, port, keepalive=30)
@@ -218,6 +219,9 @@ class MqttKafkaConnector:
             log.error("MQTT connect refused: %s", rc)
             return
         client.subscribe([(t, 1) for t in self.settings.subscriptions])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+        # ready only once the broker confirmed the subscription (SUBACK)
         self._connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:

@@ -36,6 +36,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from citybrain.dlq import dlq_headers
 from citybrain.errors import PermanentError, TransientError
+from citybrain.kafka_admin import ensure_topics, pipeline_topics
 from citybrain.topics import Topics
 from schemas.common import now_utc
 from storage import errors
@@ -175,6 +176,9 @@ class StorageWriter:
         self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all",
                                           enable_idempotence=True, client_id=f"{s.client_id}-dlq")
         await self._producer.start()
+        # subscribe only to topics that exist: a consumer that subscribes to a
+        # missing topic only notices it at its next metadata refresh (minutes)
+        await ensure_topics(s.kafka_bootstrap_servers, pipeline_topics(s.topics, 4))
         self._consumer = AIOKafkaConsumer(
             *self._topic_kinds,
             bootstrap_servers=s.kafka_bootstrap_servers,

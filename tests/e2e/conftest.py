@@ -61,7 +61,11 @@ class Pipeline:
         self, topic: str, until: Callable[[list[Any]], bool], timeout: float = 60
     ) -> list[Any]:
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=self.env["KAFKA_BOOTSTRAP_SERVERS"], auto_offset_reset="earliest", group_id=None
+            topic,
+            bootstrap_servers=self.env["KAFKA_BOOTSTRAP_SERVERS"],
+            auto_offset_reset="earliest",
+            group_id=None,
+            metadata_max_age_ms=1000,  # the topic may appear only once the first alert is routed to it
         )
         await consumer.start()
         got: list[Any] = []
@@ -90,6 +94,19 @@ class Pipeline:
         return rows
 
 
+def wait_until_subscribed(sup: Supervisor, timeout: float = 30) -> None:
+    """Messages published before the connector's first subscription have no
+    session to be queued in; wait for it (it logs once subscribed)."""
+    log = sup.children["connector"].log_path
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sup.check_alive()
+        if log.exists() and "MQTT 127.0.0.1" in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"connector did not subscribe within {timeout} s: {log.read_text(errors='replace')[-2000:]}")
+
+
 @pytest.fixture
 def pipeline(
     kafka_bootstrap: str, mqtt_url: str, mqtt_publish_url: str, database_url: str, tmp_path: Path  # noqa: F811
@@ -113,6 +130,7 @@ def pipeline(
     sup.start("worker", ["worker", "--log-level", "info"])
     sup.start("writer", ["writer"])
     p = Pipeline(env, Topics(prefix), sup, run)
+    wait_until_subscribed(sup)
     try:
         yield p
     finally:
