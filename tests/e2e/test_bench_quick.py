@@ -9,9 +9,12 @@ import sys
 
 
 def run_bench(module: str, *args: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", module, "--quick", *args], capture_output=True, text=True, timeout=600
-    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", module, "--quick", *args], capture_output=True, text=True, timeout=240
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"{module} --quick hung; output so far:\n{exc.stdout!r}\n{exc.stderr!r}") from exc
     assert out.returncode == 0, out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
     return json.loads(last)
