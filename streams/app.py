@@ -15,6 +15,7 @@ faust-streaming#315).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -163,7 +164,9 @@ def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust
         watermark = clock_state["watermark_src"] - timedelta(seconds=settings.lateness_s)
         if watermark <= EPOCH:
             return
-        for key in list(state.data.keys()):
+        for n, key in enumerate(list(state.data.keys())):
+            if n % 200 == 199:
+                await asyncio.sleep(0)  # let the detect agent run between slices of the sweep
             raw = state.data.get(key)
             if not raw:
                 continue
