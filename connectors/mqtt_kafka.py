@@ -255,28 +255,10 @@ class MqttKafkaConnector:
             if not events:
                 raise RejectedPayload("empty", "payload decoded to no events")
         except RejectedPayload as exc:
-            m.rejected.labels(exc.reason).inc()
-            headers = dlq_headers(
-                reason=exc.reason,
-                message=exc.message,
-                source=f"mqtt:{topic}",
-                component=self.name,
-                stage="decode",
-                at=ctx.now,
-            )
-            return _Pending(msg.mid, msg.qos, [(self.topics.dlq, topic.encode(), payload, headers)])
+            return self._dead_letter(msg, payload, exc, ctx)
         except Exception as exc:  # a decoder bug must not stop ingestion: dead-letter it
             log.exception("decoder failed on %s", topic)
-            m.rejected.labels("decoder_error").inc()
-            headers = dlq_headers(
-                reason="decoder_error",
-                message=f"{type(exc).__name__}: {exc}",
-                source=f"mqtt:{topic}",
-                component=self.name,
-                stage="decode",
-                at=ctx.now,
-            )
-            return _Pending(msg.mid, msg.qos, [(self.topics.dlq, topic.encode(), payload, headers)])
+            return self._dead_letter(msg, payload, RejectedPayload("decoder_error", f"{type(exc).__name__}: {exc}"), ctx)
         records: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]] = []
         n = 0
         for ev in events:
@@ -288,6 +270,18 @@ class MqttKafkaConnector:
                 n += 1
         m.decoded.inc(n)
         return _Pending(msg.mid, msg.qos, records, n_readings=n)
+
+    def _dead_letter(self, msg: mqtt.MQTTMessage, payload: bytes, exc: RejectedPayload, ctx: DecodeContext) -> _Pending:
+        self.metrics.rejected.labels(exc.reason).inc()
+        headers = dlq_headers(
+            reason=exc.reason,
+            message=exc.message,
+            source=f"mqtt:{msg.topic}",
+            component=self.name,
+            stage="decode",
+            at=ctx.now,
+        )
+        return _Pending(msg.mid, msg.qos, [(self.topics.dlq, msg.topic.encode(), payload, headers)])
 
     async def _process(self, batch: list[mqtt.MQTTMessage]) -> None:
         s = self.settings
