@@ -15,6 +15,11 @@ Signals have category "sensor_health" (rules `health:stuck`, `health:range`,
   lateness) is more than max(silence_factor x the expected interval,
   silence_min_s) past the last reading; the next reading clears it. The
   expected interval is learned (EWMA of observed gaps) from the catalogue's.
+  The signal is dated at the event time the limit was crossed (last reading +
+  limit), never at the tick's watermark, and a reading that ends a gap longer
+  than the limit the tick did not see (ticks run on the wall clock: a replay
+  at full speed ticks rarely) opens and clears it at once: whatever the tick
+  timing, the same input gives the same silence alerts (deterministic replay).
 
 `bad(state)` tells the engine whether the current reading is untrustworthy
 (out of range, or inside a stuck run) so other detectors skip it.
@@ -97,6 +102,8 @@ class SensorHealth:
             st = state
             st["n"] += 1
             gap = t - st["t"]
+            if st["silent"] is None and gap > self.silence_after(st):
+                out.append(self._silence_open(st))
             if st["silent"] is not None:
                 start = st["silent"]
                 st["silent"] = None
@@ -169,16 +176,18 @@ class SensorHealth:
     def tick(self, state: State | None, watermark: datetime) -> tuple[State | None, list[Signal]]:
         if state is None or state["silent"] is not None:
             return state, []
-        w = watermark.timestamp()
-        limit = self.silence_after(state)
-        quiet = w - state["t"]
-        if quiet <= limit:
+        if watermark.timestamp() - state["t"] <= self.silence_after(state):
             return state, []
-        state["silent"] = state["t"]
-        return state, [self._signal(
-            state, "open", "silence", state["t"], w, Severity.IV,
-            f"传感器离线 sensor {state['id']} silent for {quiet / 60:.0f} min",
-            "seconds without a reading (event time)", quiet, limit,
-            {"expected_interval_s": round(float(state["dt"]), 1), "last_reading": _dt(state["t"]).isoformat(),
-             "watermark": watermark.isoformat()},
-        )]  # fmt: skip
+        return state, [self._silence_open(state)]
+
+    def _silence_open(self, st: State) -> Signal:
+        """Opens silence; every field comes from the sensor's own state, so the
+        tick and a late-noticing reading produce the same signal."""
+        limit = self.silence_after(st)
+        st["silent"] = st["t"]
+        return self._signal(
+            st, "open", "silence", st["t"], st["t"] + limit, Severity.IV,
+            f"传感器离线 sensor {st['id']} silent for more than {limit / 60:.0f} min",
+            "seconds without a reading (event time)", limit, limit,
+            {"expected_interval_s": round(float(st["dt"]), 1), "last_reading": _dt(st["t"]).isoformat()},
+        )
