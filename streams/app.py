@@ -1,5 +1,8 @@
 """The Faust app. Agents stay thin: take a batch of events, call the pure
-detection/alerting code, send what it returns.
+detection/alerting/lifecycle code, send what it returns.
+
+`create_app` builds one `WorkerContext` (streams.context) and hands it to each
+agent module's `register(ctx)`; a new module adds one line to `REGISTRARS`.
 
 Per-sensor state lives in a changelog-backed table keyed by the raw
 sensor_id bytes; each key's changelog record goes to its source partition
@@ -18,25 +21,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import faust
 import orjson
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from citybrain.dlq import dlq_headers
 from citybrain.errors import RejectedPayload
-from citybrain.kafka_admin import ensure_topics
 from citybrain.topics import Topics
 from schemas import Alert, SensorReading
+from streams.context import EPOCH, LifecycleClock, ModeBoard, WorkerContext
+from streams.lifecycle import DEFAULT_POLICY_FILE, load_policy
 from streams.pipeline import ReadingProcessor
-from streams.routing import DEFAULT_RULES, load_rules
+from streams.routing import DEFAULT_RULES, RulesHolder
 
 log = logging.getLogger("citybrain.streams")
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class WorkerSettings(BaseSettings):
@@ -47,11 +49,108 @@ class WorkerSettings(BaseSettings):
     topic_prefix: str = ""
     partitions: int = 4
     rules_file: str = str(DEFAULT_RULES)
+    policy_file: str = str(DEFAULT_POLICY_FILE)
     batch_max: int = 1000
     batch_within_s: float = 0.02
     data_dir: str = ".run/faust"
     tick_every_s: float = 10.0
     lateness_s: float = 600.0
+    # SLA timers: the wall clock live, the event-time clock in replay
+    clock: Literal["wall", "event"] = "wall"
+    lifecycle_tick_s: float = 1.0
+    rules_poll_s: float = 2.0
+
+
+def register_detect(ctx: WorkerContext) -> None:
+    """Readings -> detection engine -> alert revisions (one open alert per rule and subject)."""
+    app, settings = ctx.app, ctx.settings
+    readings_topic = app.topic(
+        ctx.topics.readings, key_type=bytes, value_type=bytes, value_serializer="raw", partitions=settings.partitions
+    )
+    state = app.Table("sensor-state", key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    processor = ReadingProcessor(ctx.rules.table)
+    clock_state = {"watermark_src": EPOCH}
+
+    async def publish(alert: Alert) -> None:
+        await ctx.publish_alert(alert)
+
+    def current_rules() -> None:
+        # hot reload: the holder swaps its table; the processor reads it per batch
+        processor.routing = ctx.rules.table
+
+    @app.agent(readings_topic, name="detect")
+    async def detect(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            current_rules()
+            touched: dict[bytes, tuple[int, dict[str, Any]]] = {}
+            for event in events:
+                try:
+                    reading = SensorReading.model_validate_json(event.message.value)
+                except ValidationError as exc:
+                    await ctx.dead_letter(event, "invalid_reading", str(exc.errors(include_url=False)[0]["msg"]),
+                                          "detect")
+                    continue
+                key = reading.sensor_id.encode()
+                try:
+                    st: dict[str, Any] | None
+                    held = touched.get(key)
+                    if held is not None:
+                        st = held[1]
+                    else:
+                        raw = state.data.get(key)
+                        st = orjson.loads(raw) if raw else None
+                    st, alerts = processor.step(st, reading)
+                    st["p"] = event.message.partition
+                    touched[key] = (event.message.partition, st)
+                    if reading.ts > clock_state["watermark_src"]:
+                        clock_state["watermark_src"] = reading.ts
+                except RejectedPayload as exc:  # late beyond the allowed lateness, counted in the DLQ
+                    await ctx.dead_letter(event, exc.reason, exc.message, "detect")
+                    continue
+                except Exception as exc:  # one bad record must not stop or silently ack the stream
+                    log.exception("processing failed")
+                    await ctx.dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}", "detect")
+                    continue
+                for alert in alerts:
+                    await publish(alert)
+            for key, (partition, st) in touched.items():
+                body = orjson.dumps(st)
+                state.data[key] = body
+                state.send_changelog(partition, key, body)
+
+    @app.timer(interval=settings.tick_every_s)
+    async def tick_sensors() -> None:
+        """Silence is detected by event-time progress, not by the next reading:
+        every few seconds each sensor this worker holds sees the watermark."""
+        watermark = clock_state["watermark_src"] - timedelta(seconds=settings.lateness_s)
+        if watermark <= EPOCH:
+            return
+        current_rules()
+        for n, key in enumerate(list(state.data.keys())):
+            if n % 200 == 199:
+                await asyncio.sleep(0)  # let the detect agent run between slices of the sweep
+            raw = state.data.get(key)
+            if not raw:
+                continue
+            st = orjson.loads(raw)
+            try:
+                st, alerts = processor.tick(st, watermark)
+            except Exception:
+                log.exception("tick failed for %r", key)
+                continue
+            if alerts:
+                for alert in alerts:
+                    await publish(alert)
+            body = orjson.dumps(st)
+            if body != raw:
+                state.data[key] = body
+                state.send_changelog(st.get("p", 0), key, body)
+
+
+# Each agent module: `register(ctx)` declares its agents, tables and timers.
+REGISTRARS: tuple[Callable[[WorkerContext], None], ...] = (
+    register_detect,
+)
 
 
 def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust.App:
@@ -73,115 +172,19 @@ def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust
         consumer_auto_offset_reset="earliest",
         table_cleanup_interval=60.0,
     )
-    readings_topic = app.topic(
-        topics.readings, key_type=bytes, value_type=bytes, value_serializer="raw", partitions=settings.partitions
+    rules = RulesHolder(Path(settings.rules_file))
+    ctx = WorkerContext(
+        app=app,
+        settings=settings,
+        topics=topics,
+        wall=clock,
+        clock=LifecycleClock(settings.clock, clock),
+        rules=rules,
+        policy=load_policy(Path(settings.policy_file)),
+        modes=ModeBoard(rules.table.registry.geo),
+        dlq_topic=app.topic(topics.dlq, key_type=bytes, value_type=bytes, value_serializer="raw"),
+        alerts_topic=app.topic(topics.alerts, key_type=bytes, value_type=bytes, value_serializer="raw"),
     )
-    alerts_topic = app.topic(topics.alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
-    dlq_topic = app.topic(topics.dlq, key_type=bytes, value_type=bytes, value_serializer="raw")
-    state = app.Table(
-        "sensor-state",
-        key_type=bytes,
-        value_type=bytes,
-        partitions=settings.partitions,
-    )
-    processor = ReadingProcessor(load_rules(Path(settings.rules_file)))
-    clock_state = {"watermark_src": EPOCH}
-    dept_topics: dict[str, Any] = {}
-
-    async def dept_topic(code: str) -> Any:
-        if code not in dept_topics:
-            name = topics.dept(code)
-            await ensure_topics(settings.kafka_bootstrap_servers, {name: settings.partitions})
-            dept_topics[code] = app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw")
-        return dept_topics[code]
-
-    async def dead_letter(event: Any, reason: str, message: str) -> None:
-        msg = event.message
-        headers = dlq_headers(
-            reason=reason,
-            message=message,
-            source=f"kafka:{msg.topic}",
-            component=settings.app_id,
-            stage="detect",
-            at=clock(),
-            partition=msg.partition,
-            offset=msg.offset,
-        )
-        await dlq_topic.send(key=msg.key, value=msg.value, headers=headers, force=True)
-
-    async def publish(alert: Alert) -> None:
-        # force=True: send now; Faust flushes the producer before it commits
-        # the source offsets, which is the at-least-once we need (its deferred
-        # "attachments" are deprecated and held records back until a later commit)
-        key = alert.alert_id.encode()
-        body = alert.to_json()
-        await alerts_topic.send(key=key, value=body, force=True)
-        for code in alert.departments:
-            await (await dept_topic(code)).send(key=key, value=body, force=True)
-
-    @app.agent(readings_topic, name="detect")
-    async def detect(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            touched: dict[bytes, tuple[int, dict[str, Any]]] = {}
-            for event in events:
-                try:
-                    reading = SensorReading.model_validate_json(event.message.value)
-                except ValidationError as exc:
-                    await dead_letter(event, "invalid_reading", str(exc.errors(include_url=False)[0]["msg"]))
-                    continue
-                key = reading.sensor_id.encode()
-                try:
-                    st: dict[str, Any] | None
-                    held = touched.get(key)
-                    if held is not None:
-                        st = held[1]
-                    else:
-                        raw = state.data.get(key)
-                        st = orjson.loads(raw) if raw else None
-                    st, alerts = processor.step(st, reading)
-                    st["p"] = event.message.partition
-                    touched[key] = (event.message.partition, st)
-                    if reading.ts > clock_state["watermark_src"]:
-                        clock_state["watermark_src"] = reading.ts
-                except RejectedPayload as exc:  # late beyond the allowed lateness, counted in the DLQ
-                    await dead_letter(event, exc.reason, exc.message)
-                    continue
-                except Exception as exc:  # one bad record must not stop or silently ack the stream
-                    log.exception("processing failed")
-                    await dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}")
-                    continue
-                for alert in alerts:
-                    await publish(alert)
-            for key, (partition, st) in touched.items():
-                body = orjson.dumps(st)
-                state.data[key] = body
-                state.send_changelog(partition, key, body)
-
-    @app.timer(interval=settings.tick_every_s)
-    async def tick_sensors() -> None:
-        """Silence is detected by event-time progress, not by the next reading:
-        every few seconds each sensor this worker holds sees the watermark."""
-        watermark = clock_state["watermark_src"] - timedelta(seconds=settings.lateness_s)
-        if watermark <= EPOCH:
-            return
-        for n, key in enumerate(list(state.data.keys())):
-            if n % 200 == 199:
-                await asyncio.sleep(0)  # let the detect agent run between slices of the sweep
-            raw = state.data.get(key)
-            if not raw:
-                continue
-            st = orjson.loads(raw)
-            try:
-                st, alerts = processor.tick(st, watermark)
-            except Exception:
-                log.exception("tick failed for %r", key)
-                continue
-            if alerts:
-                for alert in alerts:
-                    await publish(alert)
-            body = orjson.dumps(st)
-            if body != raw:
-                state.data[key] = body
-                state.send_changelog(st.get("p", 0), key, body)
-
+    for register in REGISTRARS:
+        register(ctx)
     return app

@@ -1,0 +1,114 @@
+"""What every agent module of the worker shares: settings, topics, clocks,
+the rules in force, the policy, the emergency mode board, dead-lettering and
+department fan-out. `create_app` builds one `WorkerContext` and hands it to
+each module's `register(ctx)`, which declares that module's agents, tables and
+timers on `ctx.app`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from citybrain.dlq import dlq_headers
+from citybrain.kafka_admin import ensure_topics
+from citybrain.topics import Topics
+from schemas import Alert
+from streams.emergency import NORMAL, ModeInfo, mode_for
+from streams.routing import OPS, Geo, RulesHolder, department_copy
+
+if TYPE_CHECKING:
+    import faust
+
+    from streams.app import WorkerSettings
+    from streams.lifecycle import Policy
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class LifecycleClock:
+    """`now` for SLA timers: the wall clock live; in replay the latest event
+    time seen (alerts' last_seen, actions' ts), so a replay escalates exactly
+    as live did."""
+
+    def __init__(self, kind: str, wall: Callable[[], datetime]) -> None:
+        self.kind = kind
+        self.wall = wall
+        self.event_time = EPOCH
+
+    def observe(self, ts: datetime) -> None:
+        if ts > self.event_time:
+            self.event_time = ts
+
+    def now(self) -> datetime:
+        return self.wall() if self.kind == "wall" else self.event_time
+
+    @property
+    def started(self) -> bool:
+        return self.kind == "wall" or self.event_time > EPOCH
+
+
+@dataclass
+class ModeBoard:
+    """The emergency mode in force (streams.emergency state), the same on every
+    worker: each one folds the whole compacted control topic."""
+
+    geo: Geo | None = None
+    state: dict[str, Any] | None = None
+
+    def mode_for(self, district: str) -> ModeInfo:
+        return mode_for(self.state, district, self.geo) if self.state else NORMAL
+
+
+@dataclass
+class WorkerContext:
+    app: faust.App
+    settings: WorkerSettings
+    topics: Topics
+    wall: Callable[[], datetime]  # for DLQ timestamps and logs
+    clock: LifecycleClock  # for SLA timers and deadlines
+    rules: RulesHolder
+    policy: Policy
+    modes: ModeBoard
+    dlq_topic: Any
+    alerts_topic: Any
+    _dept_topics: dict[str, Any] = field(default_factory=dict)
+
+    async def dept_topic(self, code: str) -> Any:
+        """`city.alerts.dept.<code>`, created on first use with the pipeline's partition count."""
+        if code not in self._dept_topics:
+            name = self.topics.dept(code)
+            await ensure_topics(self.settings.kafka_bootstrap_servers, {name: self.settings.partitions})
+            self._dept_topics[code] = self.app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw")
+        return self._dept_topics[code]
+
+    async def dead_letter(self, event: Any, reason: str, message: str, stage: str) -> None:
+        msg = event.message
+        headers = dlq_headers(
+            reason=reason,
+            message=message,
+            source=f"kafka:{msg.topic}",
+            component=self.settings.app_id,
+            stage=stage,
+            at=self.wall(),
+            partition=msg.partition,
+            offset=msg.offset,
+        )
+        await self.dlq_topic.send(key=msg.key, value=msg.value, headers=headers, force=True)
+
+    async def publish_alert(self, alert: Alert) -> None:
+        """The full alert to `city.alerts` (operations center) and to each routed
+        department its own copy: only what that department may see."""
+        # force=True: send now; Faust flushes the producer before it commits
+        # the source offsets, which is the at-least-once we need (its deferred
+        # "attachments" are deprecated and held records back until a later commit)
+        key = alert.alert_id.encode()
+        await self.alerts_topic.send(key=key, value=alert.to_json(), force=True)
+        registry = self.rules.table.registry
+        for code in alert.departments:
+            if code == OPS:
+                continue  # ops reads city.alerts
+            body = department_copy(alert, code, registry).to_json()
+            await (await self.dept_topic(code)).send(key=key, value=body, force=True)
