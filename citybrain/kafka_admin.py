@@ -20,6 +20,7 @@ def pipeline_topics(topics: Topics, partitions: int) -> dict[str, int]:
         topics.readings: partitions,
         topics.hotline: partitions,
         topics.alerts: partitions,
+        topics.alerts_detected: partitions,
         topics.actions: partitions,
         topics.incidents: partitions,
         topics.dlq: 1,

@@ -29,6 +29,16 @@ class Topics:
         return self._t(f"city.alerts.dept.{code}")
 
     @property
+    def alerts_detected(self) -> str:
+        """Internal: detection revisions keyed by alert_id, before the lifecycle."""
+        return self._t("city.alerts.detected")
+
+    @property
+    def control_mode(self) -> str:
+        """Emergency mode switches (compacted, one partition, key = scope)."""
+        return self._t("city.control.mode")
+
+    @property
     def actions(self) -> str:
         return self._t("city.alert.actions")
 

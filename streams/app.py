@@ -33,6 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from citybrain.errors import RejectedPayload
 from citybrain.topics import Topics
 from schemas import Alert, SensorReading
+from streams import lifecycle_agent
 from streams.context import EPOCH, LifecycleClock, ModeBoard, WorkerContext
 from streams.lifecycle import DEFAULT_POLICY_FILE, load_policy
 from streams.pipeline import ReadingProcessor
@@ -68,11 +69,14 @@ def register_detect(ctx: WorkerContext) -> None:
         ctx.topics.readings, key_type=bytes, value_type=bytes, value_serializer="raw", partitions=settings.partitions
     )
     state = app.Table("sensor-state", key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    processor = ReadingProcessor(ctx.rules.table)
+    detected_topic = app.topic(ctx.topics.alerts_detected, key_type=bytes, value_type=bytes, value_serializer="raw")
+    processor = ReadingProcessor(ctx.rules.table, mode_of=ctx.modes.mode_for)
     clock_state = {"watermark_src": EPOCH}
 
     async def publish(alert: Alert) -> None:
-        await ctx.publish_alert(alert)
+        # to the lifecycle agent, keyed (and so partitioned) by alert_id; it
+        # publishes to city.alerts and the department topics
+        await detected_topic.send(key=alert.alert_id.encode(), value=alert.to_json(), force=True)
 
     def current_rules() -> None:
         # hot reload: the holder swaps its table; the processor reads it per batch
@@ -150,6 +154,7 @@ def register_detect(ctx: WorkerContext) -> None:
 # Each agent module: `register(ctx)` declares its agents, tables and timers.
 REGISTRARS: tuple[Callable[[WorkerContext], None], ...] = (
     register_detect,
+    lifecycle_agent.register,
 )
 
 

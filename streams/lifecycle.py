@@ -176,6 +176,9 @@ class Lifecycle:
             "escalations": timers.get("escalations", []),
             "detected_severity": st["det"]["severity"],
         }
+        if st["history"]:
+            # the latest transition travels with the revision, so alert_history stores who did what when
+            details["lifecycle"]["last"] = st["history"][-1]
         if st.get("satisfaction") is not None:
             details["lifecycle"]["satisfaction"] = st["satisfaction"]
         sev = Severity(st["severity"])

@@ -6,6 +6,7 @@ State per sensor: {"det": engine states, "alerts": {rule: alert state}, "p": sou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -13,13 +14,20 @@ from schemas import Alert, SensorReading
 from streams.alerting import apply_signal
 from streams.detectors.base import Signal
 from streams.detectors.engine import DetectionEngine
+from streams.emergency import NORMAL, ModeInfo
 from streams.routing import RoutingTable
 
 
 class ReadingProcessor:
-    def __init__(self, routing: RoutingTable, engine: DetectionEngine | None = None) -> None:
+    def __init__(
+        self,
+        routing: RoutingTable,
+        engine: DetectionEngine | None = None,
+        mode_of: Callable[[str], ModeInfo] | None = None,
+    ) -> None:
         self.routing = routing
         self.engine = engine if engine is not None else DetectionEngine()
+        self.mode_of = mode_of  # district -> emergency mode in force (平急转换); None: always normal
 
     def step(self, state: dict[str, Any] | None, reading: SensorReading) -> tuple[dict[str, Any], list[Alert]]:
         """Raises `LateEvent` (a RejectedPayload, reason 'late') for a reading past the lateness."""
@@ -36,7 +44,8 @@ class ReadingProcessor:
     def _alerts(self, st: dict[str, Any], signals: list[Signal]) -> list[Alert]:
         alerts: list[Alert] = []
         for sig in signals:
-            new, alert = apply_signal(st["alerts"].get(sig.rule), sig, self.routing)
+            mode = self.mode_of(sig.location.district) if self.mode_of is not None else NORMAL
+            new, alert = apply_signal(st["alerts"].get(sig.rule), sig, self.routing, mode=mode)
             if new is None:
                 st["alerts"].pop(sig.rule, None)
             else:

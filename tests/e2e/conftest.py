@@ -108,8 +108,16 @@ def wait_until_subscribed(sup: Supervisor, timeout: float = 30) -> None:
 
 
 @pytest.fixture
+def pipeline_env() -> dict[str, str]:
+    """Extra environment for the pipeline's processes; a test module overrides
+    this fixture (e.g. WORKER_POLICY_FILE with SLAs of seconds)."""
+    return {}
+
+
+@pytest.fixture
 def pipeline(
-    kafka_bootstrap: str, mqtt_url: str, mqtt_publish_url: str, database_url: str, tmp_path: Path  # noqa: F811
+    kafka_bootstrap: str, mqtt_url: str, mqtt_publish_url: str, database_url: str, tmp_path: Path,  # noqa: F811
+    pipeline_env: dict[str, str],
 ) -> Iterator[Pipeline]:
     run = uuid.uuid4().hex[:8]
     prefix = f"t{run}."
@@ -124,6 +132,7 @@ def pipeline(
         WRITER_TOPIC_PREFIX=prefix,
         WRITER_GROUP_ID=f"test-writer-{run}",
     )
+    env.update(pipeline_env)
     subprocess.run([sys.executable, "-m", "citybrain.cli", "db", "migrate"], env=env, check=True)
     sup = Supervisor(tmp_path / "logs", base_env=env)
     sup.start("connector", ["connector", "--log-level", "info"])

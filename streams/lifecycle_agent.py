@@ -1,0 +1,306 @@
+"""The lifecycle agent: one state per alert_id, fed by detection revisions
+(`city.alerts.detected`) and actions (`city.alert.actions`), both keyed by
+alert_id and co-partitioned, so every input of one alert reaches the worker
+that holds its state. It publishes the current alert to `city.alerts` and each
+routed department's copy to `city.alerts.dept.<code>`; refused actions go to
+the DLQ with the reason and leave the state untouched.
+
+SLA timers: a due-time index (a heap of (due, alert_id)) rebuilt from the
+table after each recovery and kept current on every write, so a tick touches
+only the alerts whose time has come. `now` is the worker's LifecycleClock
+(wall clock live, event time in replay).
+
+Also here: the emergency mode board (every worker folds the whole compacted
+`city.control.mode` topic) and the rules hot reload (mtime poll; a bad file
+is logged with its line and the old rules stay in force).
+
+The state transitions are in `LifecycleCore`, pure and synchronous, so the
+agent only moves bytes and the same code runs under Faust's test_context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import ValidationError
+
+from schemas import Alert, AlertAction
+from streams.context import WorkerContext
+from streams.escalation import Notice
+from streams.lifecycle import Lifecycle, Rejection, Step
+
+log = logging.getLogger("citybrain.streams.lifecycle")
+
+Kind = Literal["detected", "action"]
+
+
+@dataclass(slots=True)
+class Outcome:
+    alerts: list[Alert] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    rejection: Rejection | None = None
+
+
+class LifecycleCore:
+    """State-as-data around `Lifecycle`: a dict of alert_id -> state JSON bytes
+    (the Faust table's data, or a plain dict in tests) and the due-time index."""
+
+    def __init__(self, lifecycle: Lifecycle, store: Any) -> None:
+        self.lc = lifecycle
+        self.store = store  # MutableMapping[bytes, bytes]
+        self._heap: list[tuple[datetime, bytes]] = []
+        self._due: dict[bytes, datetime] = {}
+
+    # ------------------------------------------------------------------ index
+
+    def rebuild_index(self) -> int:
+        self._heap, self._due = [], {}
+        for key, raw in list(self.store.items()):
+            if raw:
+                self._index(key, orjson.loads(raw))
+        return len(self._due)
+
+    def _index(self, key: bytes, st: dict[str, Any] | None) -> None:
+        due = self.lc.due_at(st)
+        if due is None:
+            self._due.pop(key, None)
+        elif self._due.get(key) != due:
+            self._due[key] = due
+            heapq.heappush(self._heap, (due, key))
+
+    def next_due(self) -> datetime | None:
+        while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)  # stale: superseded or no longer due
+        return self._heap[0][0] if self._heap else None
+
+    def _load(self, key: bytes) -> dict[str, Any] | None:
+        raw = self.store.get(key)
+        return orjson.loads(raw) if raw else None
+
+    def _save(self, key: bytes, st: dict[str, Any]) -> bytes:
+        body = orjson.dumps(st)
+        self.store[key] = body
+        self._index(key, st)
+        return body
+
+    # ------------------------------------------------------------------ inputs
+
+    def apply(self, kind: Kind, key: bytes, value: bytes, now: datetime, partition: int) -> tuple[Outcome, bytes | None]:
+        """One input record. Returns (what to publish, the new state bytes to
+        changelog or None when the state did not change). Raises
+        ValidationError for a payload that is not an Alert / AlertAction."""
+        prev = self._load(key)
+        step: Step
+        new: dict[str, Any] | None
+        if kind == "detected":
+            alert = Alert.model_validate_json(value)
+            new, step = self.lc.on_alert(prev, alert, now)
+        else:
+            action = AlertAction.model_validate_json(value)
+            if action.alert_id.encode() != key:
+                return Outcome(rejection=Rejection("invalid_action", f"key {key!r} is not the action's alert_id "
+                                                   f"{action.alert_id!r}")), None
+            new, step = self.lc.on_action(prev, action)
+        out = Outcome(step.alerts, step.notices, step.rejection)
+        if new is None or new is prev or step.duplicate or step.rejection is not None:
+            return out, None
+        new["p"] = partition
+        return out, self._save(key, new)
+
+    def tick(self, now: datetime, owned: Any = None) -> list[tuple[bytes, int, Outcome, bytes]]:
+        """Every alert whose due time has passed, once each: (key, partition,
+        outcome, new state bytes). `owned(partition)` filters out alerts whose
+        partition this worker no longer holds."""
+        keys: list[bytes] = []
+        while (due := self.next_due()) is not None and due <= now:
+            _, key = heapq.heappop(self._heap)
+            self._due.pop(key, None)
+            keys.append(key)
+        out = []
+        for key in keys:
+            st = self._load(key)
+            if st is None:
+                continue
+            p = int(st.get("p", 0))
+            if owned is not None and not owned(p):
+                continue
+            new, step = self.lc.tick(st, now)
+            if new is None:
+                continue
+            if new is st:  # nothing changed: keep it indexed, but never at or before `now` again
+                due = self.lc.due_at(st)
+                if due is not None and due > now:
+                    self._index(key, st)
+                continue
+            new["p"] = p
+            out.append((key, p, Outcome(step.alerts, step.notices, None), self._save(key, new)))
+        return out
+
+
+def register(ctx: WorkerContext) -> None:
+    app, s = ctx.app, ctx.settings
+    source = app.topic(ctx.topics.alerts_detected, ctx.topics.actions, key_type=bytes, value_type=bytes,
+                       value_serializer="raw", partitions=s.partitions)
+    table = app.Table("alert-state", key_type=bytes, value_type=bytes, partitions=s.partitions)
+    core = LifecycleCore(Lifecycle(ctx.rules, ctx.policy), table.data)
+    lock = asyncio.Lock()  # one writer of the alert states at a time: the agent or the timer
+    detected_name = ctx.topics.alerts_detected
+
+    @table.on_recover
+    async def _rebuild() -> None:
+        n = core.rebuild_index()
+        log.info("lifecycle: %d alerts with a pending timer after recovery", n)
+
+    def owned(partition: int) -> bool:
+        from faust.types import TP
+
+        try:
+            return TP(detected_name, partition) in app.consumer.assignment()
+        except Exception:  # consumer not started: nothing is ours yet
+            return False
+
+    async def emit(outcome: Outcome) -> None:
+        for alert in outcome.alerts:
+            await ctx.publish_alert(alert)
+        for n in outcome.notices:
+            log.info("lifecycle %s %s: %s (%s)", n.kind, n.alert_id, n.reason, ", ".join(n.departments))
+
+    async def run_due() -> None:
+        if not ctx.clock.started:
+            return
+        async with lock:
+            for key, partition, outcome, body in core.tick(ctx.clock.now(), owned):
+                table.send_changelog(partition, key, body)
+                await emit(outcome)
+
+    @app.agent(source, name="lifecycle")
+    async def lifecycle(stream: Any) -> None:
+        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+            async with lock:
+                for event in events:
+                    msg = event.message
+                    kind: Kind = "detected" if msg.topic == detected_name else "action"
+                    try:
+                        if msg.key is None:
+                            raise ValueError("a record without a key (alert_id)")
+                        if ctx.clock.kind == "event":
+                            ts = orjson.loads(msg.value).get("last_seen" if kind == "detected" else "ts")
+                            if isinstance(ts, str):
+                                ctx.clock.observe(datetime.fromisoformat(ts))
+                        outcome, body = core.apply(kind, msg.key, msg.value, ctx.clock.now(), msg.partition)
+                    except (ValidationError, ValueError, orjson.JSONDecodeError) as exc:
+                        text = exc.errors(include_url=False)[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+                        await ctx.dead_letter(event, f"invalid_{'alert' if kind == 'detected' else 'action'}",
+                                              str(text), "lifecycle")
+                        continue
+                    except Exception as exc:  # one bad record must not stop or silently ack the stream
+                        log.exception("lifecycle failed")
+                        await ctx.dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}", "lifecycle")
+                        continue
+                    if outcome.rejection is not None:
+                        await ctx.dead_letter(event, outcome.rejection.reason, outcome.rejection.message, "lifecycle")
+                        continue
+                    if body is not None:
+                        table.send_changelog(msg.partition, msg.key, body)
+                    await emit(outcome)
+            if ctx.clock.kind == "event":
+                await run_due()  # event time moves only with records: tick right after them
+
+    @app.timer(interval=s.lifecycle_tick_s)
+    async def lifecycle_tick() -> None:
+        await run_due()
+
+    register_mode_board(ctx)
+    register_rules_reload(ctx)
+
+
+def register_mode_board(ctx: WorkerContext) -> None:
+    """Every worker reads the whole compacted `city.control.mode` topic (the
+    latest switch per scope) and follows it; detection stamps the mode of the
+    alert's area into its evidence."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    from streams.emergency import ModeSwitch, switch
+
+    s = ctx.settings
+    name = ctx.topics.control_mode
+
+    async def ensure() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers, client_id=f"{s.app_id}-mode")
+        await admin.start()
+        try:
+            if name not in set(await admin.list_topics()):
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+        finally:
+            await admin.close()
+
+    @ctx.app.task
+    async def follow_mode() -> None:
+        while True:
+            consumer = None
+            try:
+                await ensure()
+                consumer = AIOKafkaConsumer(name, bootstrap_servers=s.kafka_bootstrap_servers, group_id=None,
+                                            auto_offset_reset="earliest", enable_auto_commit=False,
+                                            metadata_max_age_ms=5000, client_id=f"{s.app_id}-mode")
+                await consumer.start()
+                async for m in consumer:
+                    try:
+                        sw = ModeSwitch.from_dict(orjson.loads(m.value))
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.warning("mode switch at offset %d ignored: %s", m.offset, exc)
+                        continue
+                    new, res = switch(ctx.modes.state, sw, ctx.modes.geo)
+                    if not res.accepted:
+                        log.warning("mode switch %s refused: %s", sw.event_id, res.message)
+                        continue
+                    ctx.modes.state = new
+                    if res.changed:
+                        log.warning("mode: %s is now %s (by %s)", sw.scope, sw.mode, sw.actor)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Kafka away: keep the last known modes and try again
+                log.warning("mode topic %s: %s; retrying", name, exc)
+                await asyncio.sleep(2)
+            finally:
+                if consumer is not None:
+                    with contextlib.suppress(Exception):
+                        await consumer.stop()
+
+
+def register_rules_reload(ctx: WorkerContext) -> None:
+    """Poll the rules file's mtime; a valid change is in force for the next
+    record, an invalid one is logged (file, line, problem) and ignored."""
+    path = Path(ctx.settings.rules_file)
+
+    def stamp() -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    seen = {"stamp": stamp()}
+
+    @ctx.app.timer(interval=ctx.settings.rules_poll_s)
+    async def reload_rules() -> None:
+        now = stamp()
+        if now is None or now == seen["stamp"]:
+            return
+        seen["stamp"] = now
+        if ctx.rules.reload(path):
+            t = ctx.rules.table
+            log.warning("routing rules reloaded from %s (%d rules, fingerprint %s)", path, len(t.rules), t.fingerprint)
+        else:
+            log.error("routing rules rejected, the old rules stay in force: %s", ctx.rules.last_error)
