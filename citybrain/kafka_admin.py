@@ -23,6 +23,10 @@ def pipeline_topics(topics: Topics, partitions: int) -> dict[str, int]:
         topics.alerts_detected: partitions,
         topics.actions: partitions,
         topics.incidents: partitions,
+        topics.hotline_tickets: partitions,
+        topics.kpi: partitions,
+        topics.kpi_facts: partitions,
+        topics.incident_items: partitions,
         topics.dlq: 1,
     }
 

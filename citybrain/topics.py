@@ -47,6 +47,30 @@ class Topics:
         return self._t("city.incidents")
 
     @property
+    def hotline_tickets(self) -> str:
+        """Hotline tickets after each change (dispatch, status, feedback, overdue), keyed by ticket_id."""
+        return self._t("city.hotline.tickets")
+
+    def hotline_dept(self, code: str) -> str:
+        """Department `code`'s copy of the tickets routed to it, keyed by ticket_id."""
+        return self._t(f"city.hotline.dept.{code}")
+
+    @property
+    def kpi(self) -> str:
+        """三率 snapshots of the hotline, keyed by scope (department code or district:<code>)."""
+        return self._t("city.kpi")
+
+    @property
+    def kpi_facts(self) -> str:
+        """Internal: each ticket's KPI facts re-keyed by scope."""
+        return self._t("city.kpi.facts")
+
+    @property
+    def incident_items(self) -> str:
+        """Internal: alerts and hotline events re-keyed by district code, for incidents and hotline spikes."""
+        return self._t("city.incidents.items")
+
+    @property
     def dlq(self) -> str:
         return self._t("city.dlq")
 

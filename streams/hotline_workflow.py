@@ -29,7 +29,13 @@ State::
     {"ticket_id", "category", "district", "street", "urgency", "created": iso, "period": "YYYY-MM",
      "departments": [..], "first_contact_by": iso, "resolve_by": iso, "status": str,
      "responded_at": iso|None, "resolved_at": iso|None, "satisfaction": int|None,
-     "counted": {"response": bool, "resolution": bool}, "seen": [event ids], "history": [..]}
+     "counted": {"response": bool, "resolution": bool}, "seen": [event ids], "history": [..],
+     "location": {...}, "rev": int}
+
+What the agent publishes about a ticket is a `TicketRecord` (`ticket_record`):
+the whole ticket as the operations center sees it on `city.hotline.tickets`,
+and `ticket_view(record, code, registry)` as department `code` may see it on
+its own ticket topic (no caller reference unless its policy allows it).
 """
 
 from __future__ import annotations
@@ -41,9 +47,11 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from schemas import HotlineEvent, Severity, TicketStatus, stable_id
+from pydantic import Field
+
+from schemas import HotlineEvent, Location, Severity, TicketStatus, UtcDatetime, WireModel, stable_id
 from streams.emergency import NORMAL, EmergencyPolicy, ModeInfo
-from streams.routing import RoutingTable, RulesHolder, Where
+from streams.routing import Registry, RoutingTable, RulesHolder, Where, mask_text
 
 BEIJING = ZoneInfo("Asia/Shanghai")
 SEEN_MAX = 64
@@ -142,6 +150,67 @@ _ORDER = {TicketStatus.OPEN: 0, TicketStatus.DISPATCHED: 1, TicketStatus.IN_PROG
           TicketStatus.CLOSED: 4}  # fmt: skip
 
 
+ChangeKind = Literal["dispatched", "updated", "feedback", "overdue"]
+
+
+class TicketRecord(WireModel):
+    """A ticket's current state after a change: what departments act on.
+    `revision` grows with every change, so a consumer keeps the highest."""
+
+    schema_version: Literal[1] = 1
+    ticket_id: str
+    revision: int = Field(ge=1)
+    change: ChangeKind
+    event_id: str | None = Field(default=None, description="the hotline event that caused the change")
+    category: str
+    urgency: str
+    status: str
+    location: Location
+    departments: tuple[str, ...]
+    created: UtcDatetime
+    first_contact_by: UtcDatetime
+    resolve_by: UtcDatetime
+    responded_at: UtcDatetime | None = None
+    resolved_at: UtcDatetime | None = None
+    overdue: tuple[str, ...] = Field(default=(), description="deadlines missed and still unmet: response, resolution")
+    satisfaction: int | None = None
+    mode: str = "normal"
+    updated: UtcDatetime
+    description: str = Field(default="", description="the caller's text, phone numbers masked")
+    caller_ref: str | None = None
+
+
+def ticket_record(st: Mapping[str, Any], change: ChangeKind, at: datetime, ev: HotlineEvent | None = None
+                  ) -> TicketRecord:
+    """The ticket as the operations center sees it (caller_ref: a keyed hash, never a phone)."""
+    overdue = tuple(kind for kind, done in (("response", "responded_at"), ("resolution", "resolved_at"))
+                    if st["counted"][kind] and st[done] is None)
+    loc = st.get("location") or {"district": st["district"], "street": st["street"], "lat": 0.0, "lon": 0.0}
+    return TicketRecord(
+        ticket_id=st["ticket_id"], revision=max(1, int(st.get("rev", 1))), change=change,
+        event_id=ev.event_id if ev is not None else None, category=st["category"], urgency=st["urgency"],
+        status=st["status"], location=Location.model_validate(loc), departments=tuple(st["departments"]),
+        created=datetime.fromisoformat(st["created"]), first_contact_by=datetime.fromisoformat(st["first_contact_by"]),
+        resolve_by=datetime.fromisoformat(st["resolve_by"]),
+        responded_at=datetime.fromisoformat(st["responded_at"]) if st["responded_at"] else None,
+        resolved_at=datetime.fromisoformat(st["resolved_at"]) if st["resolved_at"] else None,
+        overdue=overdue, satisfaction=st["satisfaction"], mode=st.get("mode", "normal"), updated=at,
+        description=mask_text(ev.description) if ev is not None else "",
+        caller_ref=ev.caller_ref if ev is not None else None,
+    )  # fmt: skip
+
+
+def ticket_view(record: TicketRecord, code: str, registry: Registry) -> TicketRecord:
+    """The record as department `code` may see it: the caller's keyed hash only
+    for a pseudonymous department; phone numbers are already masked."""
+    if code not in record.departments:
+        raise ValueError(f"ticket {record.ticket_id} is not routed to {code}")
+    dept = registry.get(code)
+    if dept is not None and dept.pii == "pseudonymous":
+        return record
+    return record.model_copy(update={"caller_ref": None})
+
+
 class HotlineWorkflow:
     def __init__(self, rules: RoutingTable | RulesHolder, policy: HotlinePolicy | None = None,
                  emergency: EmergencyPolicy | None = None) -> None:
@@ -178,6 +247,7 @@ class HotlineWorkflow:
             "first_contact_by": fc.isoformat(), "resolve_by": rb.isoformat(), "status": TicketStatus.DISPATCHED.value,
             "responded_at": None, "resolved_at": None, "satisfaction": None, "feedbacks": 0,
             "counted": {"response": False, "resolution": False}, "seen": [], "history": [], "mode": mode.mode,
+            "location": ev.location.model_dump(mode="json", exclude_none=True), "rev": 0,
         }  # fmt: skip
         return st, Dispatch(ev.ticket_id, depts, fc, rb, mode.mode)
 
@@ -239,6 +309,7 @@ class HotlineWorkflow:
                 st["status"] = new.value
             self._hist(st, ev.ts, f"status {old.value} -> {st['status']}")
         st["seen"] = [*st["seen"], ev.event_id][-SEEN_MAX:]
+        st["rev"] = st.get("rev", 0) + 1
         return st, out
 
     def tick(self, state: dict[str, Any] | None, now: datetime) -> tuple[dict[str, Any] | None, WorkflowStep]:
@@ -258,6 +329,8 @@ class HotlineWorkflow:
                 out.notices.append({"kind": "overdue", "ticket_id": st["ticket_id"], "deadline": kind,
                                     "due": st[key], "departments": st["departments"]})
                 self._hist(st, now, f"{kind} deadline missed", st[key])
+        if st is not state:
+            st["rev"] = st.get("rev", 0) + 1
         return st, out
 
     @staticmethod
