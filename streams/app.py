@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from citybrain.errors import RejectedPayload
 from citybrain.topics import Topics
 from schemas import Alert, SensorReading
-from streams import lifecycle_agent
+from streams import hotline_agents, lifecycle_agent
 from streams.context import EPOCH, LifecycleClock, ModeBoard, WorkerContext
 from streams.lifecycle import DEFAULT_POLICY_FILE, load_policy
 from streams.pipeline import ReadingProcessor
@@ -155,6 +155,7 @@ def register_detect(ctx: WorkerContext) -> None:
 REGISTRARS: tuple[Callable[[WorkerContext], None], ...] = (
     register_detect,
     lifecycle_agent.register,
+    hotline_agents.register,
 )
 
 
