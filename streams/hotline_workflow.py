@@ -20,7 +20,10 @@ first event of a ticket), `facts` (KpiFacts: fan each one out to
 Status semantics: the first update to in_progress, resolved or closed after
 dispatch is the first contact (响应); resolved or closed is the resolution;
 a later in_progress after resolution is a reopening (重办), recorded, not
-recounted. Feedback is accepted once a ticket is resolved or closed; a new
+recounted. A deadline tick counts a missed deadline at once; should the
+on-time event turn up later (the worker was behind its input), the verdict is
+corrected with a replacing fact, so the rates depend only on event times, not
+on when the timer ran. Feedback is accepted once a ticket is resolved or closed; a new
 feedback replaces the old one (the fact carries the previous verdict so the
 rate is corrected, not double counted).
 
@@ -30,7 +33,7 @@ State::
      "departments": [..], "first_contact_by": iso, "resolve_by": iso, "status": str,
      "responded_at": iso|None, "resolved_at": iso|None, "satisfaction": int|None,
      "counted": {"response": bool, "resolution": bool}, "seen": [event ids], "history": [..],
-     "location": {...}, "rev": int}
+     "location": {...}, "rev": int, "missed": {kind: bool}}
 
 What the agent publishes about a ticket is a `TicketRecord` (`ticket_record`):
 the whole ticket as the operations center sees it on `city.hotline.tickets`,
@@ -293,16 +296,10 @@ class HotlineWorkflow:
             if new in (TicketStatus.IN_PROGRESS, TicketStatus.RESOLVED, TicketStatus.CLOSED):
                 if st["responded_at"] is None:
                     st["responded_at"] = ev.ts.isoformat()
-                    if not st["counted"]["response"]:
-                        st["counted"]["response"] = True
-                        ok = ev.ts <= datetime.fromisoformat(st["first_contact_by"])
-                        out.facts.append(self._fact(st, "response", ok, ev.ts))
+                    self._decide(st, out, "response", "first_contact_by", ev.ts)
             if new in (TicketStatus.RESOLVED, TicketStatus.CLOSED) and st["resolved_at"] is None:
                 st["resolved_at"] = ev.ts.isoformat()
-                if not st["counted"]["resolution"]:
-                    st["counted"]["resolution"] = True
-                    ok = ev.ts <= datetime.fromisoformat(st["resolve_by"])
-                    out.facts.append(self._fact(st, "resolution", ok, ev.ts))
+                self._decide(st, out, "resolution", "resolve_by", ev.ts)
             if new is TicketStatus.IN_PROGRESS and old in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
                 st["resolved_at"] = None  # reopened (重办): tracked, not recounted
             if new not in (TicketStatus.OPEN, TicketStatus.DISPATCHED):
@@ -311,6 +308,17 @@ class HotlineWorkflow:
         st["seen"] = [*st["seen"], ev.event_id][-SEEN_MAX:]
         st["rev"] = st.get("rev", 0) + 1
         return st, out
+
+    def _decide(self, st: dict[str, Any], out: WorkflowStep, kind: FactKind, deadline_key: str, ts: datetime) -> None:
+        ok = ts <= datetime.fromisoformat(st[deadline_key])
+        if not st["counted"][kind]:
+            st["counted"][kind] = True
+            out.facts.append(self._fact(st, kind, ok, ts))
+        elif ok and (st.get("missed") or {}).get(kind):
+            # a tick judged it missed before this on-time event arrived (a worker
+            # behind its input): the verdict is corrected, not counted again
+            st["missed"] = {**st["missed"], kind: False}
+            out.facts.append(self._fact(st, kind, True, ts, prev_ok=False, seq=1))
 
     def tick(self, state: dict[str, Any] | None, now: datetime) -> tuple[dict[str, Any] | None, WorkflowStep]:
         """Missed deadlines: counted once as a failed response / resolution."""
@@ -325,6 +333,7 @@ class HotlineWorkflow:
                 if st is state:
                     st = copy.deepcopy(state)
                 st["counted"][kind] = True
+                st["missed"] = {**(st.get("missed") or {}), kind: True}
                 out.facts.append(self._fact(st, kind, False, dl))  # type: ignore[arg-type]
                 out.notices.append({"kind": "overdue", "ticket_id": st["ticket_id"], "deadline": kind,
                                     "due": st[key], "departments": st["departments"]})

@@ -97,3 +97,35 @@ def test_feedback_before_resolution_and_duplicates() -> None:
     assert o1.facts and o2.duplicate and not o2.facts and st2 == st1
     _, out = wf.step(None, ev("tx", H, "feedback", sat=3))
     assert out.rejection is not None and out.rejection.reason == "unknown_ticket"
+
+
+def test_rates_depend_on_event_times_not_on_when_the_deadline_timer_ran() -> None:
+    """A worker behind its input ticks a deadline before the on-time contact
+    arrives: the miss is corrected, so the rates equal those of an in-order run."""
+    from streams import kpi
+
+    wf = HotlineWorkflow(load_rules(), load_policy().hotline)
+    evs = [created("a"), created("b"), created("c"),
+           ev("a", 1 * H), ev("a", 2 * D, status="resolved"),  # on time, both
+           ev("b", 3 * H), ev("b", 9 * D, status="resolved"),  # late, both
+           ev("c", timedelta(minutes=30))]                   # contact on time, never resolved
+    late_tick = T0 + 30 * D
+
+    def run(tick_first: bool) -> dict[tuple[str, str], kpi.KpiSnapshot]:
+        states: dict[str, Any] = {}
+        facts: list[KpiFact] = []
+        for e in evs:
+            states[e.ticket_id], out = wf.step(states.get(e.ticket_id), e)
+            facts += out.facts
+            if tick_first and e.kind == "created":  # the timer runs before any status event arrives
+                states[e.ticket_id], out = wf.tick(states[e.ticket_id], late_tick)
+                facts += out.facts
+        for tid in sorted(states):
+            states[tid], out = wf.tick(states[tid], late_tick)
+            facts += out.facts
+        return kpi.compute(facts)
+
+    in_order, behind = run(False), run(True)
+    assert behind == in_order
+    assert in_order[("district:chaoyang", "2025-07")].counts == {
+        "response": (2, 3), "resolution": (1, 3), "satisfaction": (0, 0)}
