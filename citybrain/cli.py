@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "streams.rules_cli",
     "streams.detect_cli",
     "storage.cli",
+    "storage.replay_cli",
     "sim.cli",
     "citybrain.demo",
     "opscenter.cli",

@@ -1,0 +1,690 @@
+"""Incident replay: recorded readings and hotline events of a time range,
+out of PostgreSQL in event-time order, through an isolated worker, and the
+alerts it produces compared with the alerts that were recorded.
+
+Isolation: the run's records go to `replay.<run>.*` topics (never a live
+one), the worker is a child process with its own Faust app id
+(`citybrain-replay-<run>`, which is also its consumer group and the prefix of
+its changelog topics), its own data directory and optionally another rules
+file. Nothing of a run is shared with the live pipeline but the database it
+reads (read only, apart from its row in `replay_runs`).
+
+Determinism: rows are read in (ts, key, event_id) order through a server-side
+cursor and published keyed like live (readings by sensor_id, hotline events
+by ticket_id) into as many partitions as the live topics have, so each sensor
+sees the same sequence of readings as it did live. The pure comparison lives
+in `storage.replay_diff`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.admin import DeleteGroupsRequest
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from citybrain.errors import ConfigError, ServiceError
+from citybrain.kafka_admin import ensure_topics, pipeline_topics
+from citybrain.topics import LIVE, Topics
+from storage.db import connect
+from storage.replay_diff import AlertView, ReplayDiff, Scope, check_run, diff_alerts, keep_latest
+
+log = logging.getLogger("citybrain.storage.replay")
+DEFAULT_PARTITIONS = 4
+
+
+class ReplaySettings(BaseSettings):
+    """One frozen settings object; the environment is read at the entry point only."""
+
+    model_config = SettingsConfigDict(frozen=True, env_prefix="REPLAY_", extra="ignore", populate_by_name=True)
+
+    database_url: SecretStr = Field(validation_alias=AliasChoices("database_url", "DATABASE_URL"))
+    kafka_bootstrap_servers: str = Field(
+        validation_alias=AliasChoices("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS")
+    )
+    db_schema: str = "public"
+    run_root: str = ".run/replay"
+    partitions: int = Field(default=0, ge=0, description="0: as many as the live readings topic has")
+    fetch_batch: int = Field(default=5000, ge=1, description="rows per FETCH from the server-side cursor")
+    quiet_s: float = Field(default=6.0, gt=0, description="no new alert for this long once caught up: done")
+    worker_tick_s: float = Field(default=2.0, gt=0, description="the replay worker's silence sweep interval")
+    stall_timeout_s: float = Field(default=300.0, gt=0, description="no progress for this long: fail")
+    worker_stop_timeout_s: float = Field(default=30.0, gt=0)
+    worker_log_level: str = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    run: str
+    scope: Scope
+    warmup: timedelta = timedelta(0)
+    rules_file: Path | None = None
+    speed: float | None = None  # event seconds per wall second; None: as fast as possible
+    keep: bool = False
+    json_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_run(self.run)
+
+    @property
+    def read_from(self) -> datetime:
+        return self.scope.start - self.warmup
+
+
+@dataclass(slots=True)
+class ReplayOutcome:
+    run: str
+    status: str
+    run_dir: Path
+    readings: int = 0
+    hotline: int = 0
+    publish_s: float = 0.0  # reading the range and publishing it
+    detect_s: float = 0.0  # from the start of the run until the worker had committed every reading
+    total_s: float = 0.0
+    diff: ReplayDiff | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_dir_of(settings: ReplaySettings, run: str) -> Path:
+    return Path(settings.run_root).resolve() / run
+
+
+def app_id(run: str) -> str:
+    return f"citybrain-replay-{run}"
+
+
+def run_topic_prefixes(run: str) -> tuple[str, str]:
+    """Every topic a run creates starts with one of these: its pipeline topics
+    and the Faust app's internal ones (changelogs, assignor)."""
+    return Topics.for_replay(run).prefix, f"{app_id(run)}-"
+
+
+def run_of_topic(topic: str) -> str | None:
+    """Run ids hold no '.' and no '-', so both kinds of topic name give their run back unambiguously."""
+    for prefix, sep in (("replay.", "."), ("citybrain-replay-", "-")):
+        if topic.startswith(prefix):
+            run = topic[len(prefix):].split(sep, 1)[0]
+            return run or None
+    return None
+
+
+# --- reading the range -------------------------------------------------------
+
+_READINGS_SQL = """
+SELECT ts, event_id, sensor_id, sensor_type, value, unit, district, street, grid, lat, lon, sent_at, source
+FROM readings
+WHERE ts >= $1 AND ts < $2
+  AND ($3::text IS NULL OR district = $3 OR street = $3)
+  AND (cardinality($4::text[]) = 0 OR sensor_id = ANY($4::text[]))
+ORDER BY ts, sensor_id, event_id
+"""
+
+_HOTLINE_SQL = """
+SELECT ts, event_id, ticket_id, kind, category, status, district, street, grid, lat, lon, description, urgency,
+       channel, caller_ref, satisfaction, department
+FROM hotline_events
+WHERE ts >= $1 AND ts < $2
+  AND ($3::text IS NULL OR district = $3 OR street = $3)
+  AND cardinality($4::text[]) = 0
+ORDER BY ts, ticket_id, event_id
+"""
+
+_ALERTS_SQL = """
+SELECT alert_id, revision, rule, subject, district, street, severity, peak_severity, departments, first_seen,
+       last_seen, status, count
+FROM alerts
+WHERE first_seen >= $1 AND first_seen < $2
+  AND ($3::text IS NULL OR district = $3 OR street = $3)
+  AND (cardinality($4::text[]) = 0 OR subject = ANY($4::text[]))
+"""
+
+
+def _loc(r: asyncpg.Record) -> dict[str, Any]:
+    loc: dict[str, Any] = {"district": r["district"], "lat": r["lat"], "lon": r["lon"]}
+    if r["street"] is not None:
+        loc["street"] = r["street"]
+    if r["grid"] is not None:
+        loc["grid"] = r["grid"]
+    return loc
+
+
+def reading_json(r: asyncpg.Record) -> bytes:
+    """The stored row back in its wire form (schemas.SensorReading)."""
+    d: dict[str, Any] = {"event_id": r["event_id"], "sensor_id": r["sensor_id"], "sensor_type": r["sensor_type"],
+                         "value": r["value"], "unit": r["unit"], "ts": r["ts"].isoformat(), "location": _loc(r)}
+    if r["sent_at"] is not None:
+        d["sent_at"] = r["sent_at"].isoformat()
+    if r["source"] is not None:
+        d["source"] = r["source"]
+    return orjson.dumps(d)
+
+
+def hotline_json(r: asyncpg.Record) -> bytes:
+    """The stored row back in its wire form (schemas.HotlineEvent; the caller only as caller_ref)."""
+    d: dict[str, Any] = {"event_id": r["event_id"], "ticket_id": r["ticket_id"], "kind": r["kind"],
+                         "category": r["category"], "status": r["status"], "ts": r["ts"].isoformat(),
+                         "location": _loc(r), "description": r["description"], "urgency": r["urgency"],
+                         "channel": r["channel"]}
+    for k in ("caller_ref", "satisfaction", "department"):
+        if r[k] is not None:
+            d[k] = r[k]
+    return orjson.dumps(d)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    ts: datetime
+    topic: str
+    key: bytes
+    value: bytes
+    kind: str  # "reading" | "hotline"
+
+
+async def _cursor(conn: asyncpg.Connection, sql: str, args: tuple[Any, ...], prefetch: int,
+                  make: Callable[[asyncpg.Record], Record]) -> AsyncIterator[Record]:
+    async for row in conn.cursor(sql, *args, prefetch=prefetch):
+        yield make(row)
+
+
+async def merged_records(conn: asyncpg.Connection, req: ReplayRequest, topics: Topics,
+                         prefetch: int) -> AsyncIterator[Record]:
+    """Readings and hotline events of the range, merged into one event-time
+    order (ties: readings first, then by key and event id, as each query orders).
+    Both cursors are server side: the range is never held in memory. Must run
+    inside a transaction (cursors live in one)."""
+    scope = req.scope
+    args = (req.read_from, scope.end, scope.area, list(scope.sensors))
+    readings = _cursor(conn, _READINGS_SQL, args, prefetch,
+                       lambda r: Record(r["ts"], topics.readings, r["sensor_id"].encode(), reading_json(r), "reading"))
+    hotline = _cursor(conn, _HOTLINE_SQL, args, max(100, prefetch // 10),
+                      lambda r: Record(r["ts"], topics.hotline, r["ticket_id"].encode(), hotline_json(r), "hotline"))
+    a = await anext(readings, None)
+    b = await anext(hotline, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a.ts <= b.ts):
+            assert a is not None
+            yield a
+            a = await anext(readings, None)
+        else:
+            yield b
+            b = await anext(hotline, None)
+
+
+async def count_range(conn: asyncpg.Connection, req: ReplayRequest) -> tuple[int, int]:
+    scope = req.scope
+    args = (req.read_from, scope.end, scope.area, list(scope.sensors))
+    n_r = await conn.fetchval(f"SELECT count(*) FROM ({_READINGS_SQL}) q", *args)
+    n_h = await conn.fetchval(f"SELECT count(*) FROM ({_HOTLINE_SQL}) q", *args)
+    return int(n_r), int(n_h)
+
+
+async def recorded_alerts(conn: asyncpg.Connection, scope: Scope) -> list[AlertView]:
+    rows = await conn.fetch(_ALERTS_SQL, scope.start, scope.end, scope.area, list(scope.sensors))
+    return [AlertView.from_row(r) for r in rows]
+
+
+# --- Kafka helpers -------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def live_partitions(bootstrap: str) -> int:
+    """The live readings topic's partition count (asked without creating it)."""
+    async with _admin(bootstrap) as admin:
+        if LIVE.readings not in set(await admin.list_topics()):
+            return DEFAULT_PARTITIONS
+        for t in await admin.describe_topics([LIVE.readings]):
+            if t.get("topic") == LIVE.readings and not t.get("error_code") and t.get("partitions"):
+                return len(t["partitions"])
+    return DEFAULT_PARTITIONS
+
+
+async def list_replay_topics(bootstrap: str) -> dict[str, list[str]]:
+    """run -> its topics still in Kafka."""
+    async with _admin(bootstrap) as admin:
+        names = await admin.list_topics()
+    out: dict[str, list[str]] = {}
+    for name in sorted(names):
+        run = run_of_topic(name)
+        if run is not None:
+            out.setdefault(run, []).append(name)
+    return out
+
+
+async def delete_run_kafka(bootstrap: str, run: str) -> list[str]:
+    """Remove a run's topics and its worker's consumer group; returns the topics removed."""
+    prefixes = run_topic_prefixes(run)
+    async with _admin(bootstrap) as admin:
+        doomed = [t for t in await admin.list_topics() if t.startswith(prefixes)]
+        if doomed:
+            await admin.delete_topics(doomed)
+        try:
+            # aiokafka's admin has no delete_consumer_groups yet: the protocol request, sent to the coordinator
+            coordinator = await admin.find_coordinator(app_id(run))
+            await admin._send_request(DeleteGroupsRequest([app_id(run)]), coordinator)
+        except KafkaError as exc:  # an unknown or still-active group: Kafka expires it after its retention
+            log.info("consumer group %s not deleted: %s", app_id(run), exc)
+    return doomed
+
+
+async def _worker_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, group: str, topic: str,
+                      partitions: int) -> tuple[int, int]:
+    """(records the worker has committed, records still ahead of it) on `topic`."""
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    ends = await consumer.end_offsets(tps)
+    try:
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+    except KafkaError:
+        committed = {}
+    done = 0
+    ahead = 0
+    for tp in tps:
+        c = committed.get(tp)
+        off = c.offset if c is not None and c.offset >= 0 else 0
+        done += off
+        ahead += max(0, ends[tp] - off)
+    return done, ahead
+
+
+class _AlertCollector:
+    """Reads the run's alert topic from the start, keeps the latest revision per alert."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.latest: dict[str, AlertView] = {}
+        self.received = 0
+        self.bad = 0
+        self.last_at = time.monotonic()
+        self._consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                          auto_offset_reset="earliest", enable_auto_commit=False,
+                                          metadata_max_age_ms=2000)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            batches = await self._consumer.getmany(timeout_ms=300, max_records=5000)
+            for msgs in batches.values():
+                for m in msgs:
+                    self.received += 1
+                    self.last_at = time.monotonic()
+                    try:
+                        keep_latest(self.latest, AlertView.from_alert_json(orjson.loads(m.value)))
+                    except (ValueError, KeyError, TypeError):
+                        self.bad += 1
+                        log.warning("unreadable alert at %s/%s@%s", m.topic, m.partition, m.offset)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+
+
+# --- the worker child ---------------------------------------------------------
+
+def worker_env(base_env: Mapping[str, str], settings: ReplaySettings, req: ReplayRequest, partitions: int,
+               data_dir: Path) -> dict[str, str]:
+    env = dict(base_env)
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
+        WORKER_APP_ID=app_id(req.run),
+        WORKER_TOPIC_PREFIX=Topics.for_replay(req.run).prefix,
+        WORKER_DATA_DIR=str(data_dir),
+        WORKER_PARTITIONS=str(partitions),
+        WORKER_TICK_EVERY_S=str(settings.worker_tick_s),
+        PYTHONUNBUFFERED="1",
+    )
+    if req.rules_file is not None:  # else the live worker's rules (its environment): unchanged rules
+        env["WORKER_RULES_FILE"] = str(req.rules_file)
+    if _worker_has_event_clock():
+        env["WORKER_CLOCK"] = "event"
+    return env
+
+
+def _worker_has_event_clock() -> bool:
+    """Whether this worker version can take its clock from event time (replay
+    then reproduces SLA escalations as well); older ones have no such setting."""
+    from streams.app import WorkerSettings
+
+    return "clock" in WorkerSettings.model_fields
+
+
+async def _start_worker(settings: ReplaySettings, env: Mapping[str, str], log_path: Path) -> asyncio.subprocess.Process:
+    with log_path.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "citybrain.cli", "worker", "--log-level", settings.worker_log_level,
+            env=dict(env), stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+            # its own session: a Ctrl-C in the terminal reaches the replay only, which stops the worker in order
+            start_new_session=True,
+        )
+
+
+async def _stop_worker(proc: asyncio.subprocess.Process, timeout_s: float) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+def _tail(path: Path, n: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+# --- the run --------------------------------------------------------------------
+
+class Interrupted(Exception):
+    """The stop event was set (Ctrl-C): wind down and clean up."""
+
+
+Progress = Callable[[str], None]
+
+
+async def _db(settings: ReplaySettings) -> asyncpg.Connection:
+    try:
+        return await connect(settings.database_url.get_secret_value(), settings.db_schema, "citybrain-replay")
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise ServiceError(f"PostgreSQL unreachable: {exc}") from exc
+
+
+async def _require_table(conn: asyncpg.Connection) -> None:
+    if await conn.fetchval("SELECT to_regclass('replay_runs')") is None:
+        raise ConfigError("storage schema has no replay_runs table: run `citybrain db migrate`")
+
+
+async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyncio.Event,
+                     base_env: Mapping[str, str], now: Callable[[], datetime],
+                     progress: Progress = lambda s: None) -> ReplayOutcome:
+    run_dir = run_dir_of(settings, req.run)
+    out = ReplayOutcome(req.run, "running", run_dir)
+    t0 = time.monotonic()
+    topics = Topics.for_replay(req.run)
+    if req.rules_file is not None and not req.rules_file.is_file():
+        raise ConfigError(f"rules file {req.rules_file} does not exist")
+    conn = await _db(settings)
+    try:
+        await _require_table(conn)
+        n_readings, n_hotline = await count_range(conn, req)
+        partitions = settings.partitions or await live_partitions(settings.kafka_bootstrap_servers)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        await conn.execute(
+            "INSERT INTO replay_runs (run_id, status, started_at, range_from, range_to, area, sensors, rules_file,"
+            " speed, run_dir, pid, host) VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            req.run, now(), req.scope.start, req.scope.end, req.scope.area, list(req.scope.sensors),
+            str(req.rules_file) if req.rules_file else None, _speed_text(req.speed), str(run_dir), os.getpid(),
+            socket.gethostname(),
+        )
+        progress(f"replay {req.run}: {n_readings} readings and {n_hotline} hotline events of "
+                 f"{req.read_from.isoformat()} .. {req.scope.end.isoformat()} into {topics.prefix}* "
+                 f"({partitions} partitions)")
+        await ensure_topics(settings.kafka_bootstrap_servers, pipeline_topics(topics, partitions))
+        proc: asyncio.subprocess.Process | None = None
+        collector = _AlertCollector(settings.kafka_bootstrap_servers, topics.alerts)
+        await collector.start()
+        status = "failed"
+        try:
+            env = worker_env(base_env, settings, req, partitions, run_dir / "faust")
+            proc = await _start_worker(settings, env, run_dir / "worker.log")
+            pub_s = await _publish(settings, conn, req, topics, n_readings + n_hotline, out, stop, proc, progress)
+            out.publish_s = pub_s
+            caught_up = await _catch_up(settings, req, topics, partitions, n_readings, collector, out, stop, proc,
+                                        progress)
+            out.detect_s = caught_up - t0
+            status = "done"
+        except Interrupted:
+            status = "interrupted"
+        finally:
+            if proc is not None:
+                await _stop_worker(proc, settings.worker_stop_timeout_s)
+            await collector.stop()
+            out.status = status
+            if not req.keep:
+                try:
+                    await delete_run_kafka(settings.kafka_bootstrap_servers, req.run)
+                except KafkaError as exc:  # the run's outcome stands; `replay --clean` can finish this
+                    log.warning("could not remove the topics of replay %s: %s", req.run, exc)
+                shutil.rmtree(run_dir / "faust", ignore_errors=True)
+            if status != "done":
+                with contextlib.suppress(Exception):
+                    await conn.execute("UPDATE replay_runs SET status = $2, finished_at = $3, readings = $4,"
+                                       " hotline = $5, topics_kept = $6 WHERE run_id = $1",
+                                       req.run, status, now(), out.readings, out.hotline, req.keep)
+        if status != "done":
+            out.total_s = time.monotonic() - t0
+            return out
+        recorded = await recorded_alerts(conn, req.scope)
+        extra = {"run": req.run, "scope": req.scope.to_dict(), "warmup_s": req.warmup.total_seconds(),
+                 "rules_file": str(req.rules_file) if req.rules_file else None, "speed": _speed_text(req.speed),
+                 "readings": out.readings, "hotline": out.hotline, "unreadable_alerts": collector.bad}
+        out.diff = diff_alerts(recorded, collector.latest.values(), req.scope, extra)
+        out.total_s = time.monotonic() - t0
+        body = orjson.dumps(out.diff.to_json(), option=orjson.OPT_INDENT_2)
+        (run_dir / "diff.json").write_bytes(body)
+        if req.json_path is not None:
+            req.json_path.parent.mkdir(parents=True, exist_ok=True)
+            req.json_path.write_bytes(body)
+        await conn.execute("UPDATE replay_runs SET status = 'done', finished_at = $2, readings = $3, hotline = $4,"
+                           " summary = $5::jsonb, topics_kept = $6 WHERE run_id = $1",
+                           req.run, now(), out.readings, out.hotline, orjson.dumps(out.diff.summary()).decode(),
+                           req.keep)
+        return out
+    finally:
+        await conn.close()
+
+
+def _speed_text(speed: float | None) -> str:
+    return "max" if speed is None else f"{speed:g}x"
+
+
+async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: ReplayRequest, topics: Topics,
+                   total: int, out: ReplayOutcome, stop: asyncio.Event, proc: asyncio.subprocess.Process,
+                   progress: Progress) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
+                                enable_idempotence=True, linger_ms=20, max_batch_size=1024 * 1024,
+                                request_timeout_ms=60000)
+    await producer.start()
+    t0 = time.monotonic()
+    last_report = 0.0
+    pending: list[asyncio.Future[Any]] = []
+    first_ts: datetime | None = None
+    try:
+        async with conn.transaction(readonly=True, isolation="repeatable_read"):
+            async for rec in merged_records(conn, req, topics, settings.fetch_batch):
+                if stop.is_set():
+                    raise Interrupted
+                if req.speed is not None:
+                    first_ts = first_ts or rec.ts
+                    due = (rec.ts - first_ts).total_seconds() / req.speed - (time.monotonic() - t0)
+                    if due > 0.005:
+                        await producer.flush()
+                        await _sleep_or_stop(due, stop)
+                pending.append(await producer.send(rec.topic, rec.value, key=rec.key))
+                if rec.kind == "reading":
+                    out.readings += 1
+                else:
+                    out.hotline += 1
+                if len(pending) >= settings.fetch_batch:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+                    if proc.returncode is not None:
+                        raise ServiceError(f"replay worker exited with code {proc.returncode}: "
+                                           f"{_tail(out.run_dir / 'worker.log')}")
+                    elapsed = time.monotonic() - t0
+                    if elapsed - last_report >= 1.0:
+                        last_report = elapsed
+                        done = out.readings + out.hotline
+                        progress(f"published {done}/{total} ({100 * done / max(total, 1):.0f} %), "
+                                 f"{done / max(elapsed, 1e-9):,.0f} records/s")
+            await asyncio.gather(*pending)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    elapsed = time.monotonic() - t0
+    done = out.readings + out.hotline
+    progress(f"published {done}/{total} records in {elapsed:.1f} s ({done / max(elapsed, 1e-9):,.0f}/s)")
+    return elapsed
+
+
+async def _sleep_or_stop(seconds: float, stop: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    if stop.is_set():
+        raise Interrupted
+
+
+async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics, partitions: int, n_readings: int,
+                    collector: _AlertCollector, out: ReplayOutcome, stop: asyncio.Event,
+                    proc: asyncio.subprocess.Process, progress: Progress) -> float:
+    """Until the worker has committed every replayed reading and no alert came
+    for `quiet_s` (its silence sweep runs on a timer, after the last reading).
+    Returns the monotonic time it caught up (before the quiet wait)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None)
+    await consumer.start()
+    t0 = time.monotonic()
+    last_done = -1
+    last_progress_at = time.monotonic()
+    caught_up_at: float | None = None
+    try:
+        async with _admin(settings.kafka_bootstrap_servers) as admin:
+            while True:
+                if stop.is_set():
+                    raise Interrupted
+                if proc.returncode is not None:
+                    raise ServiceError(f"replay worker exited with code {proc.returncode}: "
+                                       f"{_tail(out.run_dir / 'worker.log')}")
+                done, ahead = await _worker_lag(admin, consumer, app_id(req.run), topics.readings, partitions)
+                t = time.monotonic()
+                if done != last_done:
+                    last_done, last_progress_at = done, t
+                    progress(f"detected {done}/{n_readings} readings, {len(collector.latest)} alerts")
+                if ahead == 0:
+                    caught_up_at = caught_up_at or t
+                    if t - max(caught_up_at, collector.last_at) >= settings.quiet_s:
+                        progress(f"caught up: {done} readings through detection in {t - t0:.1f} s after "
+                                 f"publishing; {len(collector.latest)} alerts")
+                        return caught_up_at
+                else:
+                    caught_up_at = None
+                    if t - last_progress_at > settings.stall_timeout_s:
+                        raise ServiceError(f"replay worker made no progress for {settings.stall_timeout_s:.0f} s "
+                                           f"({ahead} readings behind): {_tail(out.run_dir / 'worker.log')}")
+                await _sleep_or_stop(0.5, stop)
+    finally:
+        await consumer.stop()
+
+
+# --- list and clean -------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    run: str
+    status: str
+    started_at: datetime | None
+    range_from: datetime | None
+    range_to: datetime | None
+    readings: int
+    summary: dict[str, Any] | None
+    topics: tuple[str, ...]
+    run_dir: str | None
+    cleaned: bool
+
+
+async def list_runs(settings: ReplaySettings, limit: int = 100) -> list[RunInfo]:
+    conn = await _db(settings)
+    try:
+        await _require_table(conn)
+        rows = await conn.fetch("SELECT * FROM replay_runs ORDER BY started_at DESC LIMIT $1", limit)
+    finally:
+        await conn.close()
+    kafka = await list_replay_topics(settings.kafka_bootstrap_servers)
+    out: list[RunInfo] = []
+    for r in rows:
+        out.append(RunInfo(r["run_id"], r["status"], r["started_at"], r["range_from"], r["range_to"], r["readings"],
+                           orjson.loads(r["summary"]) if r["summary"] else None,
+                           tuple(kafka.pop(r["run_id"], ())), r["run_dir"], r["cleaned_at"] is not None))
+    for run, names in sorted(kafka.items()):  # topics of runs this schema does not know (another schema, a crash)
+        out.append(RunInfo(run, "unknown", None, None, None, 0, None, tuple(names), None, False))
+    return out
+
+
+def _alive(pid: int | None, host: str | None) -> bool:
+    if pid is None or host != socket.gethostname():
+        return host is not None and host != socket.gethostname()  # another machine's run: assume it lives
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def clean_runs(settings: ReplaySettings, run: str | None, now: Callable[[], datetime]) -> list[tuple[str, int]]:
+    """Remove the topics, consumer group and worker data of one run, or of every
+    run that is not running; the row and diff.json stay. Returns (run, topics removed)."""
+    conn = await _db(settings)
+    try:
+        await _require_table(conn)
+        if run is not None:
+            check_run(run)
+            rows = await conn.fetch("SELECT run_id, status, pid, host, run_dir FROM replay_runs WHERE run_id = $1",
+                                    run)
+            if rows and rows[0]["status"] == "running" and _alive(rows[0]["pid"], rows[0]["host"]):
+                raise ConfigError(f"replay run {run} is still running (pid {rows[0]['pid']}); stop it first")
+            targets = [(run, rows[0]["run_dir"] if rows else None)]
+        else:
+            rows = await conn.fetch("SELECT run_id, status, pid, host, run_dir FROM replay_runs "
+                                    "WHERE cleaned_at IS NULL OR topics_kept ORDER BY started_at")
+            targets = [(r["run_id"], r["run_dir"]) for r in rows
+                       if not (r["status"] == "running" and _alive(r["pid"], r["host"]))]
+        done: list[tuple[str, int]] = []
+        for rid, rdir in targets:
+            removed = await delete_run_kafka(settings.kafka_bootstrap_servers, rid)
+            base = Path(rdir) if rdir else run_dir_of(settings, rid)
+            shutil.rmtree(base / "faust", ignore_errors=True)
+            await conn.execute("UPDATE replay_runs SET cleaned_at = $2, topics_kept = false,"
+                               " status = CASE WHEN status = 'running' THEN 'interrupted' ELSE status END"
+                               " WHERE run_id = $1", rid, now())
+            done.append((rid, len(removed)))
+        return done
+    finally:
+        await conn.close()
