@@ -21,9 +21,11 @@ COMMAND_MODULES = [
     "streams.detect_cli",
     "storage.cli",
     "storage.replay_cli",
+    "storage.audit_cli",
     "sim.cli",
     "citybrain.demo",
     "opscenter.cli",
+    "citybrain.security_cli",
 ]
 
 

@@ -49,6 +49,8 @@ class MqttKafkaSettings(BaseSettings):
 
     name: str = "mqtt-ingest"
     mqtt_url: SecretStr = Field(validation_alias="MQTT_URL")
+    # CA for an mqtts:// URL (CONNECTOR_MQTT_CA_FILE); default: the system's trust store
+    mqtt_ca_file: str | None = None
     kafka_bootstrap_servers: str = Field(validation_alias="KAFKA_BOOTSTRAP_SERVERS")
     client_id: str = "citybrain-connector"
     subscriptions: tuple[str, ...] = (
@@ -151,7 +153,7 @@ class MqttKafkaConnector:
         if user:
             client.username_pw_set(user, password)
         if tls:
-            client.tls_set()
+            client.tls_set(ca_certs=s.mqtt_ca_file)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=10)

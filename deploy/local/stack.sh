@@ -12,6 +12,15 @@
 #
 # A service given by the environment (KAFKA_BOOTSTRAP_SERVERS, MQTT_URL,
 # DATABASE_URL) is used as it is and nothing is started for it.
+#
+# Security (README "Security"): Kafka has a SASL/SCRAM listener on
+# KAFKA_PORT+2 with ACLs (`citybrain security bootstrap`, run on every `up`),
+# next to the unauthenticated loopback listener the local tests use; Mosquitto
+# has no anonymous access, per-device passwords from the device registry, ACL
+# patterns and a TLS listener (MQTT_PORT+7000) with a CA generated once under
+# .run/tls. Secrets are files under .run/secrets (mode 600). `up` on a stack
+# started with an older configuration restarts the service whose generated
+# configuration changed.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -19,8 +28,11 @@ ROOT=$(cd "$HERE/../.." && pwd)
 RUN=${CITYBRAIN_RUN_DIR:-$ROOT/.run}
 KAFKA_PORT=${CITYBRAIN_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${CITYBRAIN_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
+KAFKA_SASL_PORT=${CITYBRAIN_KAFKA_SASL_PORT:-$((KAFKA_PORT + 2))}
 MQTT_PORT=${CITYBRAIN_MQTT_PORT:-1883}
+MQTT_TLS_PORT=${CITYBRAIN_MQTT_TLS_PORT:-$((MQTT_PORT + 7000))}
 PG_PORT=${CITYBRAIN_PG_PORT:-54329}
+PY=${CITYBRAIN_PYTHON:-$ROOT/.venv/bin/python}
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -39,6 +51,17 @@ wait_port() { # port seconds name logfile
   die "$3 did not open 127.0.0.1:$1 within $2 s (log: ${4:-none})"
 }
 
+need_py() {
+  [ -x "$PY" ] || die "$PY not found: run deploy/local/install.sh (the security set-up runs in the project's venv)"
+}
+
+# the project's CLI without the caller's Kafka client settings: the set-up
+# talks to the loopback listener as the bootstrap super user
+citybrain() {
+  env -u KAFKA_SECURITY_PROTOCOL -u KAFKA_SASL_USERNAME -u KAFKA_SASL_PASSWORD -u KAFKA_SSL_CA_FILE \
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m citybrain.cli "$@"
+}
+
 secret() { # file: create a random secret once, print it
   if [ ! -s "$1" ]; then
     mkdir -p "$(dirname "$1")"
@@ -48,11 +71,42 @@ secret() { # file: create a random secret once, print it
 }
 
 # ---------------------------------------------------------------- Kafka
+kafka_config() { # the broker's configuration for these ports and this run dir
+  sed -e "s#9092#$KAFKA_PORT#g" -e "s#9093#$KAFKA_CONTROLLER_PORT#g" -e "s#9094#$KAFKA_SASL_PORT#g" \
+    "$HERE/server.properties"
+  echo "log.dirs=$RUN/kafka/data"
+}
+
+kafka_security() { # SCRAM users and ACLs; idempotent, so run on every `up`
+  need_py
+  wait_port "$KAFKA_SASL_PORT" 60 "kafka (SASL)" "$RUN/kafka/logs/server.log"
+  local i
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    if citybrain security bootstrap --bootstrap "127.0.0.1:$KAFKA_PORT" --secrets-dir "$RUN/secrets" \
+      >"$RUN/kafka/logs/security.log" 2>&1; then
+      log "$(tail -1 "$RUN/kafka/logs/security.log")"
+      return
+    fi
+    sleep 2
+  done
+  cat "$RUN/kafka/logs/security.log" >&2
+  die "kafka security set-up failed (log: $RUN/kafka/logs/security.log)"
+}
+
 kafka_up() {
   local dir=$RUN/kafka
   mkdir -p "$dir/logs"
-  if pid_alive "$dir/kafka.pid"; then log "kafka already running (pid $(cat "$dir/kafka.pid"))"; return; fi
+  if pid_alive "$dir/kafka.pid"; then
+    if kafka_config | cmp -s - "$dir/server.properties"; then
+      log "kafka already running (pid $(cat "$dir/kafka.pid"))"
+      kafka_security
+      return
+    fi
+    log "kafka runs with an older configuration: restarting it"
+    stop_pid "$dir/kafka.pid" kafka
+  fi
   port_open "$KAFKA_PORT" && die "127.0.0.1:$KAFKA_PORT is taken by another process; stop it or set KAFKA_BOOTSTRAP_SERVERS to use it"
+  port_open "$KAFKA_SASL_PORT" && die "127.0.0.1:$KAFKA_SASL_PORT (SASL) is taken by another process; set CITYBRAIN_KAFKA_SASL_PORT"
   command -v java >/dev/null || die "java not found: run deploy/local/install.sh"
   local stamp
   stamp=$(sha256sum "$HERE/pom.xml" | cut -c1-16)
@@ -64,8 +118,7 @@ kafka_up() {
       || { tail -20 "$dir/logs/mvn.log" >&2; die "maven could not resolve the Kafka jars"; }
     echo "$stamp" >"$dir/libs.stamp"
   fi
-  sed -e "s#9092#$KAFKA_PORT#g" -e "s#9093#$KAFKA_CONTROLLER_PORT#g" "$HERE/server.properties" >"$dir/server.properties"
-  echo "log.dirs=$dir/data" >>"$dir/server.properties"
+  kafka_config >"$dir/server.properties"
   local cp="$dir/libs/*"
   if [ ! -f "$dir/data/meta.properties" ]; then
     log "formatting Kafka storage"
@@ -81,28 +134,79 @@ kafka_up() {
     -cp "$cp" kafka.Kafka "$dir/server.properties" >"$dir/logs/stdout.log" 2>&1 &
   echo $! >"$dir/kafka.pid"
   wait_port "$KAFKA_PORT" 90 kafka "$dir/logs/server.log"
+  kafka_security
 }
 
 # ---------------------------------------------------------------- Mosquitto
+tls_up() { # a local CA and a server certificate for 127.0.0.1/localhost, generated once
+  local d=$RUN/tls
+  [ -s "$d/ca.crt" ] && [ -s "$d/server.crt" ] && [ -s "$d/server.key" ] && return
+  command -v openssl >/dev/null || die "openssl not found: run deploy/local/install.sh"
+  log "generating the local CA and server certificate in $d"
+  mkdir -p "$d"
+  (
+    umask 077
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=citybrain local CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout "$d/ca.key" -out "$d/ca.crt"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$d/server.key" -out "$d/server.csr"
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+      "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$d/server.ext"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+      -days 825 -sha256 -extfile "$d/server.ext" -out "$d/server.crt"
+  ) >"$d/openssl.log" 2>&1 || { cat "$d/openssl.log" >&2; die "could not generate the TLS certificates"; }
+  chmod 755 "$d"
+  chmod 644 "$d/ca.crt" "$d/server.crt"
+}
+
+mosquitto_config() {
+  sed -e "s#@RUN@#$RUN#g" -e "s#^listener 1883#listener $MQTT_PORT#" "$HERE/mosquitto.conf.in"
+  printf '%s\n' "# TLS: the same users and ACL (per_listener_settings false), the local CA" \
+    "listener $MQTT_TLS_PORT 127.0.0.1" \
+    "cafile $RUN/mosquitto/tls/ca.crt" \
+    "certfile $RUN/mosquitto/tls/server.crt" \
+    "keyfile $RUN/mosquitto/tls/server.key" \
+    "tls_version tlsv1.2" \
+    "user mosquitto"
+}
+
 mosquitto_up() {
   local dir=$RUN/mosquitto
-  mkdir -p "$dir/data"
-  if pid_alive "$dir/mosquitto.pid"; then log "mosquitto already running (pid $(cat "$dir/mosquitto.pid"))"; return; fi
-  port_open "$MQTT_PORT" && die "127.0.0.1:$MQTT_PORT is taken by another process; stop it or set MQTT_URL to use it"
+  mkdir -p "$dir/data" "$dir/tls"
   command -v mosquitto >/dev/null || die "mosquitto not found: run deploy/local/install.sh"
-  rm -f "$dir/passwd"
-  touch "$dir/passwd"
-  for user in connector publisher; do
-    mosquitto_passwd -b "$dir/passwd" "$user" "$(secret "$RUN/secrets/mqtt-$user")"
-  done
+  need_py
+  tls_up
+  cp "$RUN/tls/ca.crt" "$RUN/tls/server.crt" "$RUN/tls/server.key" "$dir/tls/"
+  # users: the connector, the simulator/test publisher, one per registry device
+  local plain=$dir/passwd.new user
+  (
+    umask 077
+    for user in connector publisher; do echo "$user:$(secret "$RUN/secrets/mqtt-$user")"; done >"$plain"
+    secret "$RUN/secrets/mqtt-device-master" >/dev/null
+    citybrain security mqtt-devices --secrets-dir "$RUN/secrets" >>"$plain"
+  ) || die "could not list the device credentials (citybrain security mqtt-devices)"
+  mosquitto_passwd -U "$plain"
+  mv "$plain" "$dir/passwd"
   cp "$HERE/mosquitto.acl" "$dir/acl"
-  sed -e "s#@RUN@#$RUN#g" -e "s#^listener 1883#listener $MQTT_PORT#" "$HERE/mosquitto.conf.in" >"$dir/mosquitto.conf"
-  echo "user mosquitto" >>"$dir/mosquitto.conf"
   chown -R mosquitto: "$dir"
-  chmod 600 "$dir/passwd" "$dir/acl"
-  log "starting mosquitto on 127.0.0.1:$MQTT_PORT"
+  chmod 600 "$dir/passwd" "$dir/acl" "$dir/tls/server.key"
+  if pid_alive "$dir/mosquitto.pid"; then
+    if mosquitto_config | cmp -s - "$dir/mosquitto.conf"; then
+      kill -HUP "$(cat "$dir/mosquitto.pid")" # reloads the password file and the ACL
+      log "mosquitto already running (pid $(cat "$dir/mosquitto.pid")); users and ACL reloaded"
+      return
+    fi
+    log "mosquitto runs with an older configuration: restarting it"
+    stop_pid "$dir/mosquitto.pid" mosquitto
+  fi
+  port_open "$MQTT_PORT" && die "127.0.0.1:$MQTT_PORT is taken by another process; stop it or set MQTT_URL to use it"
+  port_open "$MQTT_TLS_PORT" && die "127.0.0.1:$MQTT_TLS_PORT (MQTT TLS) is taken by another process; set CITYBRAIN_MQTT_TLS_PORT"
+  mosquitto_config >"$dir/mosquitto.conf"
+  chown mosquitto: "$dir/mosquitto.conf"
+  log "starting mosquitto on 127.0.0.1:$MQTT_PORT (TLS on $MQTT_TLS_PORT)"
   mosquitto -c "$dir/mosquitto.conf" -d
   wait_port "$MQTT_PORT" 20 mosquitto "$dir/mosquitto.log"
+  wait_port "$MQTT_TLS_PORT" 20 "mosquitto (TLS)" "$dir/mosquitto.log"
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -168,12 +272,25 @@ write_env() {
   {
     echo "# written by deploy/local/stack.sh; sourced by the Makefile"
     echo "export KAFKA_BOOTSTRAP_SERVERS='${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$KAFKA_PORT}'"
+    echo "export CITYBRAIN_SECRETS_DIR='$RUN/secrets'"
+    if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+      # the authenticated listener; a service switches to it with KAFKA_BOOTSTRAP_SERVERS=$KAFKA_SASL_BOOTSTRAP
+      # KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT KAFKA_SASL_USERNAME=<service> KAFKA_SASL_PASSWORD=<its password>
+      echo "export KAFKA_SASL_BOOTSTRAP='127.0.0.1:$KAFKA_SASL_PORT'"
+      echo "export KAFKA_SASL_MECHANISM='SCRAM-SHA-512'"
+      local svc
+      for svc in admin connector worker writer opscenter; do
+        echo "export KAFKA_${svc^^}_PASSWORD='$(secret "$RUN/secrets/kafka-$svc")'"
+      done
+    fi
     if [ -n "${MQTT_URL:-}" ]; then
       echo "export MQTT_URL='$MQTT_URL'"
       echo "export MQTT_PUBLISH_URL='${MQTT_PUBLISH_URL:-$MQTT_URL}'"
     else
       echo "export MQTT_URL='mqtt://connector:$(secret "$RUN/secrets/mqtt-connector")@127.0.0.1:$MQTT_PORT'"
       echo "export MQTT_PUBLISH_URL='mqtt://publisher:$(secret "$RUN/secrets/mqtt-publisher")@127.0.0.1:$MQTT_PORT'"
+      echo "export MQTT_TLS_URL='mqtts://connector:$(secret "$RUN/secrets/mqtt-connector")@127.0.0.1:$MQTT_TLS_PORT'"
+      echo "export MQTT_CA_FILE='$RUN/tls/ca.crt'"
     fi
     echo "export CONNECTOR_PII_KEY='${CONNECTOR_PII_KEY:-$(secret "$RUN/secrets/pii-key")}'"
     echo "export DATABASE_URL='${DATABASE_URL:-postgresql://citybrain:$(secret "$RUN/secrets/pg-citybrain" 2>/dev/null)@127.0.0.1:$PG_PORT/citybrain}'"
@@ -183,8 +300,9 @@ write_env() {
 }
 
 up() {
-  mkdir -p "$RUN"
+  mkdir -p "$RUN" "$RUN/secrets"
   chmod 755 "$RUN"
+  chmod 700 "$RUN/secrets"
   local only=" $* "
   sel() { [ "$only" = "  " ] || [[ "$only" == *" $1 "* ]]; }
   if sel kafka; then

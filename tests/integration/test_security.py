@@ -1,0 +1,512 @@
+"""Security on the real brokers and database: Mosquitto (no anonymous access,
+per-device ACL, TLS with the local CA), Kafka (SASL/SCRAM listener, department
+ACLs) and the audit trail's hash chain.
+
+The SASL and TLS listeners come from `deploy/local/stack.sh up` (stack.env:
+KAFKA_SASL_BOOTSTRAP, MQTT_TLS_URL, MQTT_CA_FILE, CITYBRAIN_SECRETS_DIR); a
+stack started before they existed fails these tests loudly: run
+`deploy/local/stack.sh up` again (it restarts what changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import asyncpg
+import paho.mqtt.client as mqtt
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    TopicAuthorizationFailedError,
+)
+from paho.mqtt.enums import CallbackAPIVersion
+
+from citybrain.kafka_admin import ensure_topics
+from citybrain.kafka_security import scram
+from citybrain.security_cli import Plan, apply, device_password, service_acls
+from citybrain.topics import Topics
+from connectors.mqtt_kafka import MqttKafkaConnector, MqttKafkaSettings, default_routes
+from connectors.registry import DeviceRegistry
+from storage.audit import append_audit, verify
+from storage.db import connect
+from storage.migrate import migrate
+from tests.services import _reachable, _require
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 30.0  # generous: the machine is shared
+
+
+# ------------------------------------------------------------------ fixtures
+@dataclass(frozen=True)
+class Secured:
+    sasl_bootstrap: str
+    secrets_dir: Path
+    mqtt_tls_url: str
+    ca_file: str
+
+
+@pytest.fixture(scope="session")
+def secured() -> Secured:
+    """What `stack.sh up` provides for the secured listeners; missing = fail."""
+    sasl = _require("KAFKA_SASL_BOOTSTRAP")
+    host, _, port = sasl.rpartition(":")
+    _reachable("Kafka SASL listener", host, int(port))
+    tls_url = _require("MQTT_TLS_URL")
+    u = urlparse(tls_url)
+    _reachable("Mosquitto TLS listener", u.hostname or "127.0.0.1", u.port or 8883)
+    ca = _require("MQTT_CA_FILE")
+    if not Path(ca).is_file():
+        pytest.fail(f"MQTT_CA_FILE {ca} does not exist: run deploy/local/stack.sh up")
+    secrets_dir = Path(_require("CITYBRAIN_SECRETS_DIR"))
+    if not (secrets_dir / "mqtt-device-master").is_file():
+        pytest.fail(f"{secrets_dir}/mqtt-device-master is missing: run deploy/local/stack.sh up")
+    return Secured(sasl, secrets_dir, tls_url, ca)
+
+
+# ------------------------------------------------------------------ MQTT helpers
+@dataclass
+class Mqtt:
+    """A paho client (MQTT v5, so a refused publish says so in its PUBACK)."""
+
+    client: mqtt.Client
+    connack: Any = None
+    connected: threading.Event = field(default_factory=threading.Event)
+    subscribed: threading.Event = field(default_factory=threading.Event)
+    published: dict[int, Any] = field(default_factory=dict)
+    pub_done: threading.Condition = field(default_factory=threading.Condition)
+    received: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def publish(self, topic: str, payload: bytes) -> Any:
+        """QoS 1; the PUBACK's reason code."""
+        info = self.client.publish(topic, payload, qos=1)
+        with self.pub_done:
+            assert self.pub_done.wait_for(lambda: info.mid in self.published, WAIT), f"no PUBACK for {topic}"
+            return self.published[info.mid]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def mqtt_connect(host: str, port: int, user: str | None, password: str | None, *, ca: str | None = None,
+                 client_id: str | None = None) -> Mqtt:
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                    client_id=client_id or f"sec-{uuid.uuid4().hex[:10]}")
+    m = Mqtt(c)
+    if user is not None:
+        c.username_pw_set(user, password)
+    if ca is not None:
+        c.tls_set(ca_certs=ca)
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        m.connack = rc
+        m.connected.set()
+
+    def on_subscribe(client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+        m.subscribed.set()
+
+    def on_publish(client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any = None) -> None:
+        with m.pub_done:
+            m.published[mid] = rc
+            m.pub_done.notify_all()
+
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        m.received.append((msg.topic, bytes(msg.payload)))
+
+    c.on_connect = on_connect
+    c.on_subscribe = on_subscribe
+    c.on_publish = on_publish
+    c.on_message = on_message
+    c.connect(host, port, keepalive=30)
+    c.loop_start()
+    assert m.connected.wait(WAIT), f"no CONNACK from {host}:{port}"
+    return m
+
+
+def url_parts(url: str) -> tuple[str, int, str, str]:
+    u = urlparse(url)
+    return u.hostname or "127.0.0.1", u.port or 1883, unquote(u.username or ""), unquote(u.password or "")
+
+
+def devices(secured: Secured) -> list[tuple[str, str]]:
+    master = (secured.secrets_dir / "mqtt-device-master").read_text().strip()
+    ids = [e.sensor_id for e in DeviceRegistry.sample().entries[:2]]
+    return [(i, device_password(master, i)) for i in ids]
+
+
+# ------------------------------------------------------------------ MQTT
+def test_mqtt_anonymous_and_wrong_password_refused(mqtt_url: str, secured: Secured) -> None:
+    host, port, user, _ = url_parts(mqtt_url)
+    anon = mqtt_connect(host, port, None, None)
+    try:
+        assert anon.connack.is_failure, f"anonymous connection accepted ({anon.connack})"
+    finally:
+        anon.close()
+    bad = mqtt_connect(host, port, user, "not-the-password")
+    try:
+        assert bad.connack.is_failure, f"a wrong password was accepted ({bad.connack})"
+    finally:
+        bad.close()
+    th, tp, _, _ = url_parts(secured.mqtt_tls_url)
+    anon_tls = mqtt_connect(th, tp, None, None, ca=secured.ca_file)
+    try:
+        assert anon_tls.connack.is_failure, "anonymous connection accepted on the TLS listener"
+    finally:
+        anon_tls.close()
+
+
+def test_device_publishes_only_under_its_own_topic(mqtt_url: str, secured: Secured) -> None:
+    host, port, cuser, cpass = url_parts(mqtt_url)
+    (a, a_pw), (b, _) = devices(secured)
+    run = uuid.uuid4().hex[:8]
+    # a subscriber with the connector's credentials (the connector's ACL)
+    sub = mqtt_connect(host, port, cuser, cpass, client_id=f"sec-conn-{run}")
+    dev = mqtt_connect(host, port, a, a_pw)
+    try:
+        assert not sub.connack.is_failure and not dev.connack.is_failure, (sub.connack, dev.connack)
+        sub.client.subscribe([(f"city/sensors/{a}", 1), (f"city/sensors/{b}", 1)])
+        assert sub.subscribed.wait(WAIT)
+        # payloads no connector can turn into a reading: a live connector that
+        # happens to see them dead-letters them
+        forged = dev.publish(f"city/sensors/{b}", f'{{"security-test": "{run}-forged"}}'.encode())
+        own = dev.publish(f"city/sensors/{a}", f'{{"security-test": "{run}-own"}}'.encode())
+        assert forged.is_failure and forged.value == 0x87, f"publishing as {b} was not refused ({forged})"
+        assert not own.is_failure, f"publishing on its own topic was refused ({own})"
+        # the connector's subscription sees its own message and never the forged one
+        for _ in range(int(WAIT * 10)):
+            if any(run in p.decode() for _, p in sub.received):
+                break
+            threading.Event().wait(0.1)
+        threading.Event().wait(1.0)  # a forged message, if any, would have arrived by now
+        seen = [(t, p.decode()) for t, p in sub.received if run in p.decode()]
+        assert seen == [(f"city/sensors/{a}", f'{{"security-test": "{run}-own"}}')], seen
+        # a device cannot subscribe to anything, the connector cannot publish
+        assert dev.publish("city/hotline/x", b"{}").is_failure
+        conn_pub = sub.publish(f"city/sensors/{a}", f'{{"security-test": "{run}-conn"}}'.encode())
+        assert conn_pub.is_failure, "the connector account could publish"
+        conn_own = sub.publish("city/sensors/connector", b"{}")
+        assert conn_own.is_failure, "the connector account could publish on the per-device pattern"
+    finally:
+        dev.close()
+        sub.close()
+
+
+def test_mqtt_tls_with_local_ca_and_untrusted_ca_fails(secured: Secured, tmp_path: Path) -> None:
+    host, port, user, password = url_parts(secured.mqtt_tls_url)
+    ok = mqtt_connect(host, port, user, password, ca=secured.ca_file)
+    try:
+        assert not ok.connack.is_failure, f"TLS connection with the local CA refused ({ok.connack})"
+    finally:
+        ok.close()
+    other_ca = tmp_path / "other-ca.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=someone else", "-keyout", str(tmp_path / "k"), "-out", str(other_ca)],
+                   check=True, capture_output=True)
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.username_pw_set(user, password)
+    c.tls_set(ca_certs=str(other_ca))
+    with pytest.raises(OSError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        c.connect(host, port, keepalive=10)
+
+
+async def test_connector_ingests_over_tls(secured: Secured, kafka_bootstrap: str) -> None:
+    """The connector's own client with `mqtts://` and CONNECTOR_MQTT_CA_FILE; a
+    device's reading published over TLS reaches Kafka."""
+    run = uuid.uuid4().hex[:8]
+    topics = Topics(f"sec{run}.")
+    await ensure_topics(kafka_bootstrap, {topics.readings: 1, topics.hotline: 1, topics.dlq: 1})
+    settings = MqttKafkaSettings(
+        mqtt_url=secured.mqtt_tls_url, kafka_bootstrap_servers=kafka_bootstrap, mqtt_ca_file=secured.ca_file,
+        client_id=f"sec-tls-{run}", topic_prefix=topics.prefix, subscriptions=("city/sensors/#",))
+    connector = MqttKafkaConnector(settings, default_routes(), clock=lambda: datetime.now(UTC),
+                                   registry=DeviceRegistry.sample())
+    await connector.setup()
+    runner = asyncio.create_task(connector.run())
+    consumer = AIOKafkaConsumer(topics.readings, topics.dlq, bootstrap_servers=kafka_bootstrap,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    (a, a_pw), _ = devices(secured)
+    entry = DeviceRegistry.sample().by_sensor_id(a)
+    host, port, _, _ = url_parts(secured.mqtt_tls_url)
+    dev = mqtt_connect(host, port, a, a_pw, ca=secured.ca_file)
+    try:
+        event_id = f"sec-{run}"
+        reading = {"event_id": event_id, "sensor_id": a, "sensor_type": entry.sensor_type.value, "value": 12.5,
+                   "unit": entry.unit, "ts": datetime.now(UTC).isoformat(),
+                   "location": entry.location.model_dump(mode="json", exclude_none=True)}
+        assert not dev.publish(f"city/sensors/{a}", json.dumps(reading).encode()).is_failure
+        found = None
+        async with asyncio.timeout(WAIT * 2):
+            while found is None:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for recs in batch.values():
+                    for r in recs:
+                        if r.topic == topics.readings and json.loads(r.value)["event_id"] == event_id:
+                            found = r
+                        elif r.topic == topics.dlq and f"sec-{run}".encode() in r.value:
+                            pytest.fail(f"the reading was dead-lettered: {dict(r.headers)}")
+        assert found.key == a.encode()
+    finally:
+        dev.close()
+        await consumer.stop()
+        await connector.stop()
+        await runner
+        await connector.close()
+
+
+# ------------------------------------------------------------------ Kafka
+def add_department(code: str, prefix: str, secured: Secured, bootstrap: str) -> str:
+    """The documented way: `citybrain security add-department`; returns the password."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_SECURITY", "KAFKA_SASL_U", "KAFKA_SASL_P"))}
+    r = subprocess.run([sys.executable, "-m", "citybrain.cli", "security", "add-department", code,
+                        "--topic-prefix", prefix, "--bootstrap", bootstrap, "--secrets-dir", str(secured.secrets_dir)],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"User:dept.{code}" in r.stdout
+    pw_file = secured.secrets_dir / f"kafka-dept.{code}"
+    assert pw_file.stat().st_mode & 0o077 == 0, "a department's password file is readable by others"
+    return pw_file.read_text().strip()
+
+
+@pytest.fixture
+async def dept_env(secured: Secured, kafka_bootstrap: str) -> AsyncIterator[dict[str, Any]]:
+    run = uuid.uuid4().hex[:8]
+    topics = Topics(f"sec{run}.")
+    code, other = f"t{run}", f"u{run}"
+    password = add_department(code, topics.prefix, secured, kafka_bootstrap)
+    add_department(other, topics.prefix, secured, kafka_bootstrap)
+    await ensure_topics(kafka_bootstrap, {topics.dept(code): 1, topics.dept(other): 1, topics.actions: 1,
+                                          topics.alerts: 1, topics.readings: 1})
+    p = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await p.start()
+    try:
+        await p.send_and_wait(topics.dept(code), b"for-" + code.encode(), key=b"a1")
+        await p.send_and_wait(topics.dept(other), b"for-" + other.encode(), key=b"a2")
+    finally:
+        await p.stop()
+    yield {"topics": topics, "code": code, "other": other, "sec": scram(f"dept.{code}", password),
+           "sasl": secured.sasl_bootstrap}
+    for f in (secured.secrets_dir / f"kafka-dept.{code}", secured.secrets_dir / f"kafka-dept.{other}"):
+        f.unlink(missing_ok=True)
+
+
+async def test_department_reads_only_its_own_topic(dept_env: dict[str, Any]) -> None:
+    t, code, other, sec, sasl = (dept_env[k] for k in ("topics", "code", "other", "sec", "sasl"))
+    own = AIOKafkaConsumer(t.dept(code), bootstrap_servers=sasl, group_id=f"dept.{code}.screen",
+                           auto_offset_reset="earliest", **sec.aiokafka_kwargs())
+    await own.start()
+    try:
+        msg = await asyncio.wait_for(own.getone(), WAIT * 2)
+        assert msg.value == f"for-{code}".encode()
+    finally:
+        await own.stop()
+    theirs = AIOKafkaConsumer(t.dept(other), bootstrap_servers=sasl, group_id=f"dept.{code}.peek",
+                              auto_offset_reset="earliest", **sec.aiokafka_kwargs())
+    with pytest.raises(TopicAuthorizationFailedError):
+        try:
+            await theirs.start()
+            await asyncio.wait_for(theirs.getone(), WAIT)
+        finally:
+            await theirs.stop()
+    everything = AIOKafkaConsumer(t.alerts, bootstrap_servers=sasl, group_id=f"dept.{code}.all",
+                                  auto_offset_reset="earliest", **sec.aiokafka_kwargs())
+    with pytest.raises(TopicAuthorizationFailedError):
+        try:
+            await everything.start()
+            await asyncio.wait_for(everything.getone(), WAIT)
+        finally:
+            await everything.stop()
+    foreign_group = AIOKafkaConsumer(t.dept(code), bootstrap_servers=sasl, group_id=f"dept.{other}.x",
+                                     auto_offset_reset="earliest", **sec.aiokafka_kwargs())
+    with pytest.raises(GroupAuthorizationFailedError):
+        try:
+            await foreign_group.start()
+            await asyncio.wait_for(foreign_group.getone(), WAIT)
+        finally:
+            await foreign_group.stop()
+
+
+async def test_department_writes_only_actions(dept_env: dict[str, Any]) -> None:
+    t, sec, sasl = dept_env["topics"], dept_env["sec"], dept_env["sasl"]
+    p = AIOKafkaProducer(bootstrap_servers=sasl, acks="all", enable_idempotence=True, **sec.aiokafka_kwargs())
+    await p.start()
+    try:
+        md = await asyncio.wait_for(p.send_and_wait(t.actions, b'{"action": "ack"}', key=b"a1"), WAIT)
+        assert md.offset >= 0
+        for forbidden in (t.alerts, t.readings, t.dept(dept_env["other"])):
+            with pytest.raises(TopicAuthorizationFailedError):
+                await asyncio.wait_for(p.send_and_wait(forbidden, b"x"), WAIT)
+    finally:
+        await p.stop()
+
+
+async def test_sasl_listener_refuses_anonymous_and_wrong_password(dept_env: dict[str, Any]) -> None:
+    sasl = dept_env["sasl"]
+    anon = AIOKafkaProducer(bootstrap_servers=sasl, request_timeout_ms=10000)
+    with pytest.raises(KafkaConnectionError):
+        try:
+            await asyncio.wait_for(anon.start(), WAIT * 2)
+        finally:
+            await anon.stop()
+    wrong = scram(f"dept.{dept_env['code']}", "not-the-password")
+    bad = AIOKafkaProducer(bootstrap_servers=sasl, request_timeout_ms=10000, **wrong.aiokafka_kwargs())
+    with pytest.raises(KafkaConnectionError):
+        try:
+            await asyncio.wait_for(bad.start(), WAIT * 2)
+        finally:
+            await bad.stop()
+
+
+async def test_service_principal_limited_to_its_topics(secured: Secured, kafka_bootstrap: str) -> None:
+    """The connector's principal writes what it ingests and cannot read it back."""
+    run = uuid.uuid4().hex[:8]
+    topics = Topics(f"sec{run}.")
+    password = (secured.secrets_dir / "kafka-connector").read_text().strip()
+    await apply(kafka_bootstrap, Plan({}, service_acls(topics)))
+    await ensure_topics(kafka_bootstrap, {topics.readings: 1, topics.alerts: 1})
+    sec = scram("connector", password)
+    p = AIOKafkaProducer(bootstrap_servers=secured.sasl_bootstrap, acks="all", enable_idempotence=True,
+                         **sec.aiokafka_kwargs())
+    await p.start()
+    try:
+        assert (await asyncio.wait_for(p.send_and_wait(topics.readings, b"{}", key=b"s"), WAIT)).offset >= 0
+        with pytest.raises(TopicAuthorizationFailedError):
+            await asyncio.wait_for(p.send_and_wait(topics.alerts, b"{}"), WAIT)
+    finally:
+        await p.stop()
+    c = AIOKafkaConsumer(topics.readings, bootstrap_servers=secured.sasl_bootstrap, group_id=None,
+                         auto_offset_reset="earliest", **sec.aiokafka_kwargs())
+    with pytest.raises(TopicAuthorizationFailedError):
+        try:
+            await c.start()
+            await asyncio.wait_for(c.getone(), WAIT)
+        finally:
+            await c.stop()
+
+
+# ------------------------------------------------------------------ audit trail
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def audit_schema(database_url: str) -> AsyncIterator[str]:
+    name = f"t_audit_{uuid.uuid4().hex[:10]}"
+    await migrate(database_url, name)
+    conn = await connect(database_url, name, "test-audit")
+    try:
+        for i in range(5):
+            await append_audit(conn, actor=f"user{i}", kind="alert.ack", subject=f"alert-{i}",
+                               details={"comment": f"step {i}", "n": i, "x": 1.5}, at=T0 + timedelta(minutes=i))
+    finally:
+        await conn.close()
+    yield name
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def audit_cli(database_url: str, schema: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "citybrain.cli", "audit", *args, "--schema", schema,
+                           "--database-url", database_url], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+async def test_audit_edit_is_named_by_verify(database_url: str, audit_schema: str) -> None:
+    ok = audit_cli(database_url, audit_schema, "verify")
+    assert ok.returncode == 0, ok.stderr
+    assert "chain intact: 5 entries" in ok.stdout
+    conn = await connect(database_url, audit_schema, "test-audit")
+    try:
+        with pytest.raises(asyncpg.PostgresError, match="append-only"):
+            await conn.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3")
+        # someone with the owner's rights goes around the trigger
+        await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update")
+        await conn.execute("""UPDATE audit_log SET details = jsonb_set(details, '{comment}', '"nothing happened"')
+                              WHERE seq = 3""")
+        problem = await verify(conn)
+    finally:
+        await conn.close()
+    assert problem is not None and problem.seq == 3 and problem.problem == "edited", problem
+    bad = audit_cli(database_url, audit_schema, "verify")
+    assert bad.returncode == 1
+    assert "audit entry 3: edited" in bad.stderr, bad.stderr
+
+
+async def test_audit_delete_and_insert_are_named(database_url: str, audit_schema: str) -> None:
+    conn = await connect(database_url, audit_schema, "test-audit")
+    try:
+        with pytest.raises(asyncpg.PostgresError, match="append-only"):
+            await conn.execute("DELETE FROM audit_log WHERE seq = 2")
+        await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update")
+        await conn.execute("DELETE FROM audit_log WHERE seq = 2")
+        problem = await verify(conn)
+        assert problem is not None and (problem.seq, problem.problem) == (2, "deleted"), problem
+        # re-inserted with the right seq but made-up content: its hash cannot chain
+        row = await conn.fetchrow("SELECT * FROM audit_log WHERE seq = 1")
+        await conn.execute(
+            "INSERT INTO audit_log (seq, at, actor, kind, subject, details, prev_hash, hash) "
+            "VALUES (2, $1, 'mallory', 'alert.ack', 'alert-x', '{}'::jsonb, $2, $3)",
+            T0, row["hash"], "f" * 64)
+        problem = await verify(conn)
+        assert problem is not None and (problem.seq, problem.problem) == (2, "edited"), problem
+    finally:
+        await conn.close()
+    bad = audit_cli(database_url, audit_schema, "verify")
+    assert bad.returncode == 1 and "audit entry 2" in bad.stderr, bad.stderr
+
+
+async def test_audit_tail_head_and_truncation(database_url: str, audit_schema: str) -> None:
+    tail = audit_cli(database_url, audit_schema, "tail", "-n", "2")
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.strip().splitlines()
+    assert len(lines) == 3 and "alert-3" in lines[0] and "alert-4" in lines[1]
+    head_hash = lines[-1].split()[-1]
+    assert audit_cli(database_url, audit_schema, "verify", "--head", head_hash).returncode == 0
+    conn = await connect(database_url, audit_schema, "test-audit")
+    try:
+        await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update")
+        await conn.execute("DELETE FROM audit_log WHERE seq = 5")  # the newest: only the head shows it
+        assert await verify(conn) is None
+    finally:
+        await conn.close()
+    cut = audit_cli(database_url, audit_schema, "verify", "--head", head_hash)
+    assert cut.returncode == 1 and "truncated" in cut.stderr, cut.stderr
+
+
+async def test_concurrent_appends_keep_one_linear_chain(database_url: str, audit_schema: str) -> None:
+    conns = [await connect(database_url, audit_schema, "test-audit") for _ in range(8)]
+    try:
+        async def writer(i: int, conn: asyncpg.Connection) -> None:
+            for j in range(5):
+                await append_audit(conn, actor=f"w{i}", kind="mode.switch", subject="city",
+                                   details={"j": j}, at=datetime.now(UTC))
+
+        await asyncio.gather(*(writer(i, c) for i, c in enumerate(conns)))
+        assert await verify(conns[0]) is None
+        seqs = [r["seq"] for r in await conns[0].fetch("SELECT seq FROM audit_log ORDER BY seq")]
+        assert seqs == list(range(1, 5 + 8 * 5 + 1))
+    finally:
+        for c in conns:
+            await c.close()
+
+
+def test_audit_verify_on_unmigrated_schema_is_one_line(database_url: str) -> None:
+    r = audit_cli(database_url, f"t_none_{uuid.uuid4().hex[:8]}", "verify")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "citybrain db migrate" in r.stderr, r.stderr
