@@ -36,6 +36,7 @@ from opscenter.reports import PERIODS, build_report, render_html
 from opscenter.settings import OpscenterSettings
 from schemas import ActionKind, AlertAction
 from schemas.common import now_utc, stable_id
+from storage.audit import append_audit
 from streams.routing import PII_KEYS, PSEUDONYMOUS_KEYS, Registry, load_registry, mask_text
 
 log = logging.getLogger("citybrain.opscenter")
@@ -241,6 +242,12 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
         assert st.pool is not None
         return st.pool
 
+    async def audit(p: Principal, kind: str, subject: str, details: dict[str, Any], at: datetime) -> None:
+        # after the publish succeeded: the trail records what took effect
+        async with pool().acquire() as conn:
+            await append_audit(conn, actor=p.name, kind=kind, subject=subject,
+                               details={k: v for k, v in details.items() if v is not None}, at=at)
+
     def visible(p: Principal) -> str | None:
         return None if p.sees_all else p.department
 
@@ -435,6 +442,10 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
                              target_department=body.target_department)
         topic = settings.topics.actions
         part, off = await st.publisher.send(topic, alert_id, action.to_json())
+        await audit(p, f"alert.{kind.value}", alert_id, {
+            "event_id": event_id, "department": p.actor_department, "token_id": p.token_id,
+            "comment": body.comment, "target_department": body.target_department,
+            "topic": topic, "partition": part, "offset": off}, ts)
         return JSON({"action": action.model_dump(mode="json", exclude_none=True), "topic": topic,
                      "partition": part, "offset": off}, status_code=202)
 
@@ -566,6 +577,8 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
         if body.comment:
             msg["comment"] = body.comment
         part, off = await st.publisher.send(settings.mode_topic, scope, orjson.dumps(msg))
+        await audit(p, "mode.switch", scope, {**msg, "token_id": p.token_id, "topic": settings.mode_topic,
+                                              "partition": part, "offset": off}, ts)
         return JSON({"switch": msg, "topic": settings.mode_topic, "partition": part, "offset": off},
                     status_code=202)
 
@@ -627,6 +640,7 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
             raise bad("a department token needs a known department code")
         assert st.tokens is not None
         it = await st.tokens.issue(body.name, body.role, body.department, timedelta(hours=body.ttl_hours), clock())
+        await audit(p, "token.issue", it.principal.token_id, {**it.principal.public(), "token_id": None}, clock())
         return JSON({"token": it.token, **it.principal.public()}, status_code=201)
 
     @app.delete(f"{API}/tokens/{{token_id}}", tags=["access"], summary="revoke a token (ops only)")
@@ -636,6 +650,7 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
         assert st.tokens is not None
         if not await st.tokens.revoke(token_id, clock()):
             raise HTTPException(404, f"no active token {token_id}")
+        await audit(p, "token.revoke", token_id, {"by_token_id": p.token_id}, clock())
         return JSON({"revoked": token_id})
 
     # -------------------------------------------------------------- live feed

@@ -510,3 +510,60 @@ def test_audit_verify_on_unmigrated_schema_is_one_line(database_url: str) -> Non
     r = audit_cli(database_url, f"t_none_{uuid.uuid4().hex[:8]}", "verify")
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "citybrain db migrate" in r.stderr, r.stderr
+
+
+def test_opscenter_actions_and_mode_switches_are_audited(database_url: str, kafka_bootstrap: str) -> None:
+    import httpx
+
+    from citybrain.kafka_admin import pipeline_topics
+    from opscenter.app import create_app
+    from opscenter.auth import TokenStore
+    from opscenter.settings import OpscenterSettings
+    from opscenter.testing import ServerThread, drop_schema, make_alert, migrate_schema, store
+    from storage.db import create_pool
+
+    u = uuid.uuid4().hex[:10]
+    schema, prefix, alert_id = f"t_opsaudit_{u}", f"sec{u}.", f"a-{u}"
+
+    async def setup() -> tuple[str, str]:
+        await migrate_schema(database_url, schema)
+        await ensure_topics(kafka_bootstrap, {**pipeline_topics(Topics(prefix), 1), Topics(prefix).control_mode: 1})
+        await store(database_url, schema, "alerts", [make_alert(alert_id, datetime.now(UTC) - timedelta(hours=1))])
+        pool = await create_pool(database_url, schema, min_size=1, max_size=2)
+        try:
+            ts = TokenStore(pool)
+            await ts.ensure_table()
+            ops = await ts.issue("duty-officer", "ops", None, timedelta(hours=1))
+            eeb = await ts.issue("eeb-desk", "department", "eeb", timedelta(hours=1))
+            return ops.token, eeb.token
+        finally:
+            await pool.close()
+
+    async def rows() -> list[asyncpg.Record]:
+        conn = await connect(database_url, schema, "test-audit")
+        try:
+            assert await verify(conn) is None
+            return list(await conn.fetch("SELECT seq, actor, kind, subject, details FROM audit_log ORDER BY seq"))
+        finally:
+            await conn.close()
+
+    ops_token, eeb_token = asyncio.run(setup())
+    settings = OpscenterSettings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap, db_schema=schema,
+                                 topic_prefix=prefix, client_id=f"test-opsaudit-{u}")
+    try:
+        with ServerThread(create_app(settings)) as srv:
+            eeb = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {eeb_token}"}, timeout=30)
+            ops = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {ops_token}"}, timeout=30)
+            r = eeb.post(f"/api/v1/alerts/{alert_id}/actions", json={"action": "ack", "comment": "on our way"})
+            assert r.status_code == 202, r.text
+            assert eeb.post("/api/v1/mode", json={"scope": "city", "mode": "emergency"}).status_code == 403
+            r = ops.post("/api/v1/mode", json={"scope": "city", "mode": "emergency", "comment": "storm"})
+            assert r.status_code == 202, r.text
+        got = asyncio.run(rows())
+    finally:
+        asyncio.run(drop_schema(database_url, schema))
+    assert [(r["seq"], r["actor"], r["kind"], r["subject"]) for r in got] == [
+        (1, "eeb-desk", "alert.ack", alert_id), (2, "duty-officer", "mode.switch", "city")]
+    ack = json.loads(got[0]["details"])
+    assert ack["department"] == "eeb" and ack["comment"] == "on our way" and ack["topic"] == Topics(prefix).actions
+    assert json.loads(got[1]["details"])["mode"] == "emergency"
