@@ -14,8 +14,10 @@ POST bodies may be form-encoded (as the spec's examples) or a JSON object.
 
 Errors use GeoReport's format, a list of `{"code", "description"}`: 400 for a
 bad request (the description says what), 403 for a missing or wrong api_key,
-404 for an unknown service or request, 413 for an oversized body, 503 when
-the request could not be handed on (nothing was stored: retry).
+404 for an unknown service or request, 413 for an oversized body, 429 when
+an api_key exceeds its rate (token bucket: `rate_per_s`, `rate_burst`; the
+response says when to retry, also as Retry-After), 503 when the request could
+not be handed on (nothing was stored: retry).
 
 An accepted request becomes a `HotlineEvent` (kind "created", channel
 "open311"): the caller's phone/name become `caller_ref` (keyed HMAC), phone
@@ -30,6 +32,7 @@ from __future__ import annotations
 import hmac
 import math
 import re
+import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,6 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from citybrain.errors import ConfigError
 from connectors.open311.geo import Gazetteer, Resolver
+from connectors.open311.ratelimit import RateLimiter
 from connectors.open311.services import BY_CODE, SERVICES, Service
 from connectors.open311.settings import Open311Settings
 from connectors.open311.store import CallerPII, InMemoryStore, RequestStore, StoredRequest
@@ -63,10 +67,11 @@ TEXT_FIELDS = (
 
 
 class Open311Error(Exception):
-    def __init__(self, code: int, description: str) -> None:
+    def __init__(self, code: int, description: str, retry_after_s: float | None = None) -> None:
         super().__init__(description)
         self.code = code
         self.description = description
+        self.retry_after_s = retry_after_s
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -192,6 +197,7 @@ def create_app(
     resolver: Resolver | None = None,
     gazetteer: Gazetteer | None = None,
     clock: Callable[[], datetime] = now_utc,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """The intake app. `sink(event)` must durably hand the event on (raise if
     it could not); `store` keeps requests (default: in memory); `resolver`
@@ -212,7 +218,10 @@ def create_app(
 
     @app.exception_handler(Open311Error)
     async def _open311_error(request: Request, exc: Open311Error) -> Response:
-        return _error(exc.code, exc.description)
+        resp = _error(exc.code, exc.description)
+        if exc.retry_after_s is not None:
+            resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        return resp
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -226,12 +235,18 @@ def create_app(
         if value and value != settings.jurisdiction_id:
             raise Open311Error(404, f"jurisdiction_id {value!r} is not served here ({settings.jurisdiction_id})")
 
+    limiter = RateLimiter(settings.rate_per_s, settings.rate_burst)
+
     def check_key(candidate: str | None) -> None:
         if not candidate:
             raise Open311Error(403, "api_key is required to submit a service request")
         given = candidate.encode()
-        if not any(hmac.compare_digest(given, k) for k in keys):
+        matched = [i for i, k in enumerate(keys) if hmac.compare_digest(given, k)]
+        if not matched:
             raise Open311Error(403, "api_key is not valid")
+        wait = limiter.take(f"key{matched[0]}", monotonic())  # the key's index: no secret kept as a dict key
+        if wait > 0:
+            raise Open311Error(429, f"too many requests for this api_key; retry in {wait:.1f} s", wait)
 
     def service_for(code: str) -> Service:
         service = BY_CODE.get(code)

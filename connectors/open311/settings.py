@@ -21,6 +21,9 @@ class Open311Settings(BaseSettings):
     pii_key: SecretStr = SecretStr("")
     jurisdiction_id: str = "beijing.gov.cn"
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    # POSTs per api_key: a steady rate with a burst (token bucket); over it: 429
+    rate_per_s: float = Field(default=20.0, gt=0)
+    rate_burst: int = Field(default=200, ge=1)
     # GET requests: default window and page size (GeoReport v2: 90 days, 1000 requests)
     default_days: int = Field(default=90, gt=0)
     max_results: int = Field(default=1000, gt=0)
