@@ -135,7 +135,8 @@ class Publisher:
         self.client.loop_stop()
 
 
-async def alert_latencies(bootstrap: str, topic: str, run: str, sink: list[float], stop: asyncio.Event) -> None:
+async def alert_latencies(bootstrap: str, topic: str, run: str, sink: list[float], stop: asyncio.Event,
+                          stamps: dict[str, int] | None = None) -> None:
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None, metadata_max_age_ms=1000
     )
@@ -151,6 +152,28 @@ async def alert_latencies(bootstrap: str, topic: str, run: str, sink: list[float
                     if a.get("subject", "").startswith(prefix) and a.get("revision") == 1 and a.get("trigger_sent_at"):
                         sent = datetime.fromisoformat(a["trigger_sent_at"]).timestamp()
                         sink.append((now - sent) * 1000)
+                        if stamps is not None:
+                            stamps[a["alert_id"]] = m.timestamp
+    finally:
+        await consumer.stop()
+
+
+async def detection_stamps(bootstrap: str, topic: str, run: str, sink: dict[str, int], stop: asyncio.Event) -> None:
+    """Kafka timestamps of each trigger alert's first detection revision (the
+    worker's producer stamps both topics: the difference is the lifecycle and
+    routing stage, detection -> department topic)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None, metadata_max_age_ms=1000
+    )
+    await consumer.start()
+    prefix = f"bench-{run}-trig-"
+    try:
+        while not stop.is_set():
+            for msgs in (await consumer.getmany(timeout_ms=200)).values():
+                for m in msgs:
+                    a = orjson.loads(m.value)
+                    if a.get("subject", "").startswith(prefix) and a.get("revision") == 1:
+                        sink.setdefault(a["alert_id"], m.timestamp)
     finally:
         await consumer.stop()
 
@@ -173,9 +196,14 @@ async def run_step(
     run = uuid.uuid4().hex[:8]
     topics = Topics(prefix=env.get("WORKER_TOPIC_PREFIX", ""))
     latencies: list[float] = []
+    dept_ts: dict[str, int] = {}
+    detected_ts: dict[str, int] = {}
     stop = asyncio.Event()
     consumer = asyncio.create_task(
-        alert_latencies(env["KAFKA_BOOTSTRAP_SERVERS"], topics.dept("eeb"), run, latencies, stop)
+        alert_latencies(env["KAFKA_BOOTSTRAP_SERVERS"], topics.dept("eeb"), run, latencies, stop, dept_ts)
+    )
+    detected = asyncio.create_task(
+        detection_stamps(env["KAFKA_BOOTSTRAP_SERVERS"], topics.alerts_detected, run, detected_ts, stop)
     )
     await asyncio.sleep(1.5)  # consumer assigned before the first trigger
     pub = Publisher(env["MQTT_PUBLISH_URL"], run, args.sensors, args.batch)
@@ -213,7 +241,9 @@ async def run_step(
     await asyncio.sleep(1.0)
     stop.set()
     await consumer
+    await detected
     pub.close()
+    routing_ms = [float(dept_ts[k] - detected_ts[k]) for k in dept_ts if k in detected_ts]
     return {
         "offered_per_s": rate,
         "published": pub.published,
@@ -228,6 +258,8 @@ async def run_step(
         "p50_alert_ms": _r(percentile(latencies, 50)),
         "p95_alert_ms": _r(percentile(latencies, 95)),
         "p99_alert_ms": _r(percentile(latencies, 99)),
+        "p50_detect_to_dept_ms": _r(percentile(routing_ms, 50)),
+        "p99_detect_to_dept_ms": _r(percentile(routing_ms, 99)),
         "processes": stats.report(),
     }
 
@@ -265,9 +297,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     sup = Supervisor(ROOT / ".run" / "bench" / tag, base_env=env)
     await asyncio.to_thread(_migrate, env)
     sup.start("connector", ["connector"])
-    sup.start("worker", ["worker"])
+    sup.start("worker", ["worker", "--log-level", "info"])
     sup.start("writer", ["writer"])
     await asyncio.sleep(args.warmup)
+    await _worker_ready(sup)
     sup.check_alive()
     pids = {n: c.pid for n, c in sup.children.items()} | service_pids()
     steps = []
@@ -292,9 +325,26 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "db_duplicates": sum(s["db_duplicates"] for s in steps),
         "p99_alert_ms": best["p99_alert_ms"] if best else None,
         "p99_alert_ms_at_10k": at_10k["p99_alert_ms"] if at_10k else None,
+        # lifecycle + routing + fan-out: first detection revision -> department topic
+        "p99_detect_to_dept_ms": best["p99_detect_to_dept_ms"] if best else None,
+        "p99_detect_to_dept_ms_at_10k": at_10k["p99_detect_to_dept_ms"] if at_10k else None,
         "steps": steps,
         "conditions": conditions() | {"duration_s": args.duration, "sensors": args.sensors, "batch": args.batch},
     }
+
+
+async def _worker_ready(sup: Supervisor, timeout: float = 180) -> None:
+    """A loaded machine may take longer than the warm-up to start the worker
+    (one changelog table per agent module); readings sent before it is ready
+    wait in Kafka and their alerts would land after the step's window."""
+    log = sup.children["worker"].log_path
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sup.check_alive()
+        if log.exists() and "[^Worker]: Ready" in log.read_text(errors="replace"):
+            return
+        await asyncio.sleep(0.5)
+    raise SystemExit(f"bench.e2e: the worker was not ready within {timeout} s")
 
 
 def _migrate(env: dict[str, str]) -> None:
@@ -307,7 +357,8 @@ def _print_step(s: dict[str, Any]) -> None:
     print(
         f"offered {s['offered_per_s']:>7}/s  stored {s['stored_per_s']:>9.1f}/s  lost {s['lost']:>5}  "
         f"dup {s['db_duplicates']:>4}  alerts {s['alerts']:>4}  p50 {s['p50_alert_ms']} ms  "
-        f"p95 {s['p95_alert_ms']} ms  p99 {s['p99_alert_ms']} ms",
+        f"p95 {s['p95_alert_ms']} ms  p99 {s['p99_alert_ms']} ms  "
+        f"detect->dept p50 {s['p50_detect_to_dept_ms']} ms p99 {s['p99_detect_to_dept_ms']} ms",
         flush=True,
     )
     for name, p in s["processes"].items():
