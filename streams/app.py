@@ -193,4 +193,11 @@ def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust
     )
     for register in REGISTRARS:
         register(ctx)
+    app.citybrain_context = ctx  # type: ignore[attr-defined]
     return app
+
+
+def context_of(app: faust.App) -> WorkerContext:
+    """The context `create_app` built (agent tests swap its publishing for fakes)."""
+    ctx: WorkerContext = app.citybrain_context  # type: ignore[attr-defined]
+    return ctx

@@ -74,6 +74,7 @@ class WorkerContext:
     modes: ModeBoard
     dlq_topic: Any
     alerts_topic: Any
+    extras: dict[str, Any] = field(default_factory=dict)  # per-module handles (tests, tools)
     _dept_topics: dict[str, Any] = field(default_factory=dict)
 
     async def dept_topic(self, code: str) -> Any:

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -115,7 +116,9 @@ class LifecycleCore:
         new["p"] = partition
         return out, self._save(key, new)
 
-    def tick(self, now: datetime, owned: Any = None) -> list[tuple[bytes, int, Outcome, bytes]]:
+    def tick(
+        self, now: datetime, owned: Callable[[int], bool] | None = None
+    ) -> list[tuple[bytes, int, Outcome, bytes]]:
         """Every alert whose due time has passed, once each: (key, partition,
         outcome, new state bytes). `owned(partition)` filters out alerts whose
         partition this worker no longer holds."""
@@ -147,11 +150,9 @@ class LifecycleCore:
 
 def register(ctx: WorkerContext) -> None:
     app, s = ctx.app, ctx.settings
-    source = app.topic(ctx.topics.alerts_detected, ctx.topics.actions, key_type=bytes, value_type=bytes,
-                       value_serializer="raw", partitions=s.partitions)
     table = app.Table("alert-state", key_type=bytes, value_type=bytes, partitions=s.partitions)
     core = LifecycleCore(Lifecycle(ctx.rules, ctx.policy), table.data)
-    lock = asyncio.Lock()  # one writer of the alert states at a time: the agent or the timer
+    lock = asyncio.Lock()  # one writer of the alert states at a time: the agents or the timer
     detected_name = ctx.topics.alerts_detected
 
     @table.on_recover
@@ -173,53 +174,76 @@ def register(ctx: WorkerContext) -> None:
         for n in outcome.notices:
             log.info("lifecycle %s %s: %s (%s)", n.kind, n.alert_id, n.reason, ", ".join(n.departments))
 
-    async def run_due() -> None:
+    async def run_due(is_owned: Callable[[int], bool] = owned) -> None:
         if not ctx.clock.started:
             return
         async with lock:
-            for key, partition, outcome, body in core.tick(ctx.clock.now(), owned):
+            for key, partition, outcome, body in core.tick(ctx.clock.now(), is_owned):
                 table.send_changelog(partition, key, body)
                 await emit(outcome)
 
-    @app.agent(source, name="lifecycle")
-    async def lifecycle(stream: Any) -> None:
+    async def handle(kind: Kind, events: list[Any]) -> None:
+        async with lock:
+            for event in events:
+                msg = event.message
+                try:
+                    if msg.key is None:
+                        raise ValueError("a record without a key (alert_id)")
+                    if ctx.clock.kind == "event":
+                        ts = orjson.loads(msg.value).get("last_seen" if kind == "detected" else "ts")
+                        if isinstance(ts, str):
+                            ctx.clock.observe(datetime.fromisoformat(ts))
+                    outcome, body = core.apply(kind, msg.key, msg.value, ctx.clock.now(), msg.partition)
+                except (ValidationError, ValueError, orjson.JSONDecodeError) as exc:
+                    text = exc.errors(include_url=False)[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+                    await ctx.dead_letter(event, f"invalid_{'alert' if kind == 'detected' else 'action'}",
+                                          str(text), "lifecycle")
+                    continue
+                except Exception as exc:  # one bad record must not stop or silently ack the stream
+                    log.exception("lifecycle failed")
+                    await ctx.dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}", "lifecycle")
+                    continue
+                if outcome.rejection is not None:
+                    await ctx.dead_letter(event, outcome.rejection.reason, outcome.rejection.message, "lifecycle")
+                    continue
+                if body is not None:
+                    table.send_changelog(msg.partition, msg.key, body)
+                await emit(outcome)
+        if ctx.clock.kind == "event":
+            await run_due()  # event time moves only with records: tick right after them
+
+    # two agents on co-partitioned topics (both keyed by alert_id), one table:
+    # partition p of both topics and of the table's changelog go to the same worker
+    def topic(name: str) -> Any:
+        return app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw", partitions=s.partitions)
+
+    @app.agent(topic(detected_name), name="lifecycle-detected")
+    async def lifecycle_detected(stream: Any) -> None:
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
-            async with lock:
-                for event in events:
-                    msg = event.message
-                    kind: Kind = "detected" if msg.topic == detected_name else "action"
-                    try:
-                        if msg.key is None:
-                            raise ValueError("a record without a key (alert_id)")
-                        if ctx.clock.kind == "event":
-                            ts = orjson.loads(msg.value).get("last_seen" if kind == "detected" else "ts")
-                            if isinstance(ts, str):
-                                ctx.clock.observe(datetime.fromisoformat(ts))
-                        outcome, body = core.apply(kind, msg.key, msg.value, ctx.clock.now(), msg.partition)
-                    except (ValidationError, ValueError, orjson.JSONDecodeError) as exc:
-                        text = exc.errors(include_url=False)[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-                        await ctx.dead_letter(event, f"invalid_{'alert' if kind == 'detected' else 'action'}",
-                                              str(text), "lifecycle")
-                        continue
-                    except Exception as exc:  # one bad record must not stop or silently ack the stream
-                        log.exception("lifecycle failed")
-                        await ctx.dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}", "lifecycle")
-                        continue
-                    if outcome.rejection is not None:
-                        await ctx.dead_letter(event, outcome.rejection.reason, outcome.rejection.message, "lifecycle")
-                        continue
-                    if body is not None:
-                        table.send_changelog(msg.partition, msg.key, body)
-                    await emit(outcome)
-            if ctx.clock.kind == "event":
-                await run_due()  # event time moves only with records: tick right after them
+            await handle("detected", events)
+
+    @app.agent(topic(ctx.topics.actions), name="lifecycle-actions")
+    async def lifecycle_actions(stream: Any) -> None:
+        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+            await handle("action", events)
 
     @app.timer(interval=s.lifecycle_tick_s)
     async def lifecycle_tick() -> None:
         await run_due()
 
+    ctx.extras["lifecycle"] = LifecycleHandles(core, lifecycle_detected, lifecycle_actions, run_due)
     register_mode_board(ctx)
     register_rules_reload(ctx)
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleHandles:
+    """For tests and tools: the core, the agents and the due-timer step."""
+
+    core: LifecycleCore
+    detected_agent: Any
+    actions_agent: Any
+    run_due: Any
 
 
 def register_mode_board(ctx: WorkerContext) -> None:

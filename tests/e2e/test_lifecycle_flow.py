@@ -377,3 +377,31 @@ async def test_bad_rules_file_rejected_with_its_line_old_rules_kept_good_change_
     got = await pipeline.consume(pipeline.topics.dept("traffic"), lambda g: len(g) >= 1, timeout=30)
     assert {orjson.loads(m.value)["subject"] for m in got} == {f"lc-{run}-new"}
     pipeline.sup.check_alive()
+
+
+async def test_emergency_mode_routes_ema_and_is_recorded_in_the_evidence(
+    pipeline: Pipeline, publisher: MqttPublisher
+) -> None:
+    run = pipeline.run
+    switch = {"event_id": f"mode-{run}", "scope": "district:chaoyang", "mode": "emergency", "actor": "duty-officer",
+              "actor_department": "ops", "ts": datetime.now(UTC).isoformat()}
+    producer = AIOKafkaProducer(bootstrap_servers=pipeline.env["KAFKA_BOOTSTRAP_SERVERS"], acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(pipeline.topics.control_mode, orjson.dumps(switch), key=b"district:chaoyang")
+    finally:
+        await producer.stop()
+    await wait_log(pipeline, r"mode: district:chaoyang is now emergency", timeout=60)
+
+    subject = f"lc-{run}-gate"
+    send_levels(publisher, run, "gate", [3.2, 3.2, 3.2])  # yellow: normally the water authority alone
+    msgs = await pipeline.consume(pipeline.topics.alerts, lambda got: bool(alerts_of(got, subject)), timeout=60)
+    a = alerts_of(msgs, subject)[0]
+    mode = a["evidence"]["details"]["mode"]
+    assert mode["mode"] == "emergency" and mode["scope"] == "district:chaoyang"
+    assert set(a["departments"]) == {WATER, EMA, DISTRICT}, "平急转换: the emergency bureau and the district too"
+    lc = a["evidence"]["details"]["lifecycle"]
+    dispatched = datetime.fromisoformat(lc["last"]["at"])
+    window = (datetime.fromisoformat(lc["ack_by"]) - dispatched).total_seconds()
+    assert window == pytest.approx(3, abs=0.01), "the emergency profile halves the 6 s acknowledge window"
+    pipeline.sup.check_alive()
