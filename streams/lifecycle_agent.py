@@ -26,17 +26,17 @@ import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 from pydantic import ValidationError
 
-from schemas import Alert, AlertAction
+from schemas import Alert, AlertAction, AlertStatus
 from streams.context import WorkerContext
 from streams.escalation import Notice
-from streams.lifecycle import Lifecycle, Rejection, Step
+from streams.lifecycle import OPEN_STATES, Lifecycle, Rejection, Step
 
 log = logging.getLogger("citybrain.streams.lifecycle")
 
@@ -54,9 +54,10 @@ class LifecycleCore:
     """State-as-data around `Lifecycle`: a dict of alert_id -> state JSON bytes
     (the Faust table's data, or a plain dict in tests) and the due-time index."""
 
-    def __init__(self, lifecycle: Lifecycle, store: Any) -> None:
+    def __init__(self, lifecycle: Lifecycle, store: Any, retention_s: float = 7 * 86400) -> None:
         self.lc = lifecycle
         self.store = store  # MutableMapping[bytes, bytes]
+        self.retention_s = retention_s  # a finished alert (cleared, resolved, closed) quiet this long is dropped
         self._heap: list[tuple[datetime, bytes]] = []
         self._due: dict[bytes, datetime] = {}
 
@@ -69,8 +70,15 @@ class LifecycleCore:
                 self._index(key, orjson.loads(raw))
         return len(self._due)
 
+    def _expires_at(self, st: dict[str, Any]) -> datetime | None:
+        if AlertStatus(st["status"]) in OPEN_STATES or not st["history"]:
+            return None
+        return datetime.fromisoformat(st["history"][-1]["at"]) + timedelta(seconds=self.retention_s)
+
     def _index(self, key: bytes, st: dict[str, Any] | None) -> None:
         due = self.lc.due_at(st)
+        if due is None and st is not None:
+            due = self._expires_at(st)
         if due is None:
             self._due.pop(key, None)
         elif self._due.get(key) != due:
@@ -118,22 +126,28 @@ class LifecycleCore:
 
     def tick(
         self, now: datetime, owned: Callable[[int], bool] | None = None
-    ) -> list[tuple[bytes, int, Outcome, bytes]]:
+    ) -> list[tuple[bytes, int, Outcome, bytes | None]]:
         """Every alert whose due time has passed, once each: (key, partition,
-        outcome, new state bytes). `owned(partition)` filters out alerts whose
-        partition this worker no longer holds."""
+        outcome, new state bytes, or None when the alert was dropped after its
+        retention). `owned(partition)` filters out alerts whose partition this
+        worker no longer holds."""
         keys: list[bytes] = []
         while (due := self.next_due()) is not None and due <= now:
             _, key = heapq.heappop(self._heap)
             self._due.pop(key, None)
             keys.append(key)
-        out = []
+        out: list[tuple[bytes, int, Outcome, bytes | None]] = []
         for key in keys:
             st = self._load(key)
             if st is None:
                 continue
             p = int(st.get("p", 0))
             if owned is not None and not owned(p):
+                continue
+            expires = self._expires_at(st)
+            if expires is not None and expires <= now:
+                del self.store[key]
+                out.append((key, p, Outcome(), None))
                 continue
             new, step = self.lc.tick(st, now)
             if new is None:
@@ -151,7 +165,7 @@ class LifecycleCore:
 def register(ctx: WorkerContext) -> None:
     app, s = ctx.app, ctx.settings
     table = app.Table("alert-state", key_type=bytes, value_type=bytes, partitions=s.partitions)
-    core = LifecycleCore(Lifecycle(ctx.rules, ctx.policy), table.data)
+    core = LifecycleCore(Lifecycle(ctx.rules, ctx.policy), table.data, s.alert_retention_s)
     lock = asyncio.Lock()  # one writer of the alert states at a time: the agents or the timer
     detected_name = ctx.topics.alerts_detected
 
@@ -179,7 +193,8 @@ def register(ctx: WorkerContext) -> None:
             return
         async with lock:
             for key, partition, outcome, body in core.tick(ctx.clock.now(), is_owned):
-                table.send_changelog(partition, key, body)
+                # body None: a tombstone, as Faust's own table deletion sends
+                table.send_changelog(partition, key, body, value_serializer="raw")
                 await emit(outcome)
 
     async def handle(kind: Kind, events: list[Any]) -> None:

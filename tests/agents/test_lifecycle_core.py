@@ -66,3 +66,18 @@ def test_index_rebuilt_from_the_store_and_ownership_respected() -> None:
     assert fresh.next_due() == core.next_due() == T0 + timedelta(seconds=0.75 * 30 * 60)
     assert fresh.tick(T0 + timedelta(hours=1), owned=lambda p: p != 2) == [], "partition 2 is not ours"
     assert fresh.next_due() is None, "and it left the index (recovery re-adds it if it comes back)"
+
+
+def test_finished_alert_dropped_after_its_retention_only() -> None:
+    store: dict[bytes, bytes] = {}
+    core = LifecycleCore(Lifecycle(load_rules()), store, retention_s=3600)
+    core.apply("detected", b"a-0", alert(0), T0, 1)
+    cleared = orjson.loads(alert(0))
+    cleared.update(status="cleared", revision=2, last_seen=(T0 + timedelta(minutes=5)).isoformat())
+    out, body = core.apply("detected", b"a-0", orjson.dumps(cleared), T0 + timedelta(minutes=5), 1)
+    assert body is not None and out.alerts[0].status is AlertStatus.CLEARED
+    assert core.next_due() == T0 + timedelta(minutes=65), "a cleared alert has no SLA timer, only its expiry"
+    assert core.tick(T0 + timedelta(minutes=64)) == []
+    assert b"a-0" in store
+    (dropped,) = core.tick(T0 + timedelta(minutes=65))
+    assert dropped[0] == b"a-0" and dropped[3] is None and b"a-0" not in store
