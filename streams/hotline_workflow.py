@@ -33,7 +33,7 @@ State::
      "departments": [..], "first_contact_by": iso, "resolve_by": iso, "status": str,
      "responded_at": iso|None, "resolved_at": iso|None, "satisfaction": int|None,
      "counted": {"response": bool, "resolution": bool}, "seen": [event ids], "history": [..],
-     "location": {...}, "rev": int, "missed": {kind: bool}}
+     "location": {...}, "rev": int, "missed": {kind: bool}, "caller_ref": keyed hash | None}
 
 What the agent publishes about a ticket is a `TicketRecord` (`ticket_record`):
 the whole ticket as the operations center sees it on `city.hotline.tickets`,
@@ -199,7 +199,7 @@ def ticket_record(st: Mapping[str, Any], change: ChangeKind, at: datetime, ev: H
         resolved_at=datetime.fromisoformat(st["resolved_at"]) if st["resolved_at"] else None,
         overdue=overdue, satisfaction=st["satisfaction"], mode=st.get("mode", "normal"), updated=at,
         description=mask_text(ev.description) if ev is not None else "",
-        caller_ref=ev.caller_ref if ev is not None else None,
+        caller_ref=st.get("caller_ref") or (ev.caller_ref if ev is not None else None),
     )  # fmt: skip
 
 
@@ -250,7 +250,7 @@ class HotlineWorkflow:
             "first_contact_by": fc.isoformat(), "resolve_by": rb.isoformat(), "status": TicketStatus.DISPATCHED.value,
             "responded_at": None, "resolved_at": None, "satisfaction": None, "feedbacks": 0,
             "counted": {"response": False, "resolution": False}, "seen": [], "history": [], "mode": mode.mode,
-            "location": ev.location.model_dump(mode="json", exclude_none=True), "rev": 0,
+            "location": ev.location.model_dump(mode="json", exclude_none=True), "rev": 0, "caller_ref": ev.caller_ref,
         }  # fmt: skip
         return st, Dispatch(ev.ticket_id, depts, fc, rb, mode.mode)
 

@@ -129,3 +129,37 @@ def test_rates_depend_on_event_times_not_on_when_the_deadline_timer_ran() -> Non
     assert behind == in_order
     assert in_order[("district:chaoyang", "2025-07")].counts == {
         "response": (2, 3), "resolution": (1, 3), "satisfaction": (0, 0)}
+
+
+def test_ticket_core_due_index_records_and_department_views() -> None:
+    import orjson
+    import pytest
+
+    from streams.hotline_agents import InvalidRecord, TicketCore
+    from streams.hotline_workflow import ticket_view
+
+    table = load_rules()
+    store: dict[bytes, bytes] = {}
+    core = TicketCore(HotlineWorkflow(table, load_policy().hotline), store)
+    e1 = created("k1")
+    out, body = core.apply(e1, 2, ModeInfo())
+    assert body is not None and orjson.loads(body)["p"] == 2
+    (rec,) = out.records
+    assert rec.change == "dispatched" and rec.departments == ("street.chaoyang.wangjing", "water")
+    assert rec.caller_ref == "c" and ticket_view(rec, "water", table.registry).caller_ref is None
+    assert ticket_view(rec, "street.chaoyang.wangjing", table.registry).caller_ref == "c"
+    with pytest.raises(ValueError):
+        ticket_view(rec, "eeb", table.registry)
+    assert core.apply(e1, 2, ModeInfo())[1] is None  # redelivered: no change
+    assert core.tick(T0 + H) == []  # nothing due yet
+    ((key, p, res, _),) = core.tick(T0 + 3 * H)
+    assert key == b"k1" and p == 2 and [f.kind for f in res.facts] == ["response"]
+    assert res.records[0].change == "overdue" and res.records[0].overdue == ("response",)
+    assert core.tick(T0 + 3 * H) == []  # once
+    core2 = TicketCore(core.wf, store)
+    assert core2.rebuild_index() == 1  # after a recovery: the resolution deadline is still pending
+    with pytest.raises(InvalidRecord, match="not the ticket_id"):
+        TicketCore.parse(b"other", e1.to_json())
+    with pytest.raises(InvalidRecord) as exc:
+        TicketCore.parse(b"k1", b'{"ticket_id": "k1"}')
+    assert exc.value.reason == "invalid_hotline_event"

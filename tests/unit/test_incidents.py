@@ -96,3 +96,31 @@ def test_incident_resolves_when_its_members_do_and_closes_later() -> None:
     assert out == []
     st, out = c.tick(st, T0 + timedelta(minutes=50 + 120))
     assert out[-1].status == "closed" and st == {"incidents": {}, "index": {}}
+
+
+def test_area_core_spike_once_per_call_and_incidents_per_district() -> None:
+    """The agent's core: redelivered calls never count twice in the spike window,
+    and alerts and tickets of one district land in one incident state."""
+    from streams.detectors.engine import DetectionEngine
+    from streams.emergency import NORMAL
+    from streams.hotline_agents import AreaCore
+
+    spikes: dict[bytes, bytes] = {}
+    incidents: dict[bytes, bytes] = {}
+    core = AreaCore(DetectionEngine(), IncidentCorrelator(), lambda: TABLE, spikes, incidents)
+    calls = [ticket(f"n{i}", i, "noise", WANGJING) for i in range(7)]
+    opened = []
+    for i, call in enumerate(calls):
+        for _ in range(2):  # every call delivered twice
+            out = core.hotline(call, 3, NORMAL)
+            opened += [(i, a) for a in out.alerts]
+    assert [i for i, _ in opened] == [4], "one early warning, at the fifth distinct call"
+    a = opened[0][1]
+    assert a.rule == "hotline_burst:noise" and a.evidence.value == 5.0 and "uma" in a.departments
+    assert list(spikes) == ["chaoyang|noise:望京街道".encode()]
+    out = core.alert(alert("noise", "noise", "ns-1", 8, Severity.III), 3)
+    assert [i.kind for i in out.incidents] == ["noise"]
+    assert set(out.incidents[-1].ticket_ids) == {f"n{i}" for i in range(7)} and out.incidents[-1].alert_ids
+    assert list(incidents) == [b"chaoyang"] and out.changed and out.changed[0][0] == AreaCore.INCIDENTS
+    # nothing new when the same alert revision comes again
+    assert core.alert(alert("noise", "noise", "ns-1", 8, Severity.III), 3).incidents == []

@@ -30,3 +30,24 @@ def test_three_rates_match_hand_computed_values() -> None:
 def test_redelivered_facts_are_not_counted_twice() -> None:
     facts = run_known_tickets()
     assert kpi.compute(facts + facts) == kpi.compute(facts)
+
+
+def test_kpi_core_roundtrips_facts_over_the_wire_and_ignores_redelivery() -> None:
+    import orjson
+
+    from streams.hotline_agents import InvalidRecord, KpiCore, fact_from_json
+
+    store: dict[bytes, bytes] = {}
+    core = KpiCore(store)
+    facts = run_known_tickets()
+    snaps = {}
+    for f in facts + facts:  # everything delivered twice
+        wire = fact_from_json(orjson.dumps(f.as_dict()))
+        assert wire == f
+        for scope in f.scopes:
+            snap, _ = core.apply(scope, wire, 1)
+            if snap is not None:
+                snaps[(scope, f.period)] = snap
+    assert snaps == kpi.compute(facts)
+    with pytest.raises(InvalidRecord):
+        fact_from_json(b'{"kind": "response"}')
