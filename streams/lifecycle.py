@@ -50,12 +50,13 @@ State (JSON data)::
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from schemas import ActionKind, Alert, AlertAction, AlertStatus, Severity
 from streams import escalation as esc
@@ -140,6 +141,12 @@ class Step:
 
 def _iso(t: datetime) -> str:
     return t.isoformat()
+
+
+def _copy(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A private copy of a JSON state (an orjson round trip: ~10x faster than deepcopy)."""
+    out: dict[str, Any] = orjson.loads(orjson.dumps(state))
+    return out
 
 
 class Lifecycle:
@@ -258,7 +265,7 @@ class Lifecycle:
             self._publish(st, step)
             return st, step
 
-        st = copy.deepcopy(state)
+        st = _copy(state)
         prev_alert = st["alert"]
         keep = {k: prev_alert[k] for k in ("peak_severity", "departments", "status", "revision", "colour")}
         st["alert"] = {**alert.model_dump(mode="json"), **keep}
@@ -330,7 +337,7 @@ class Lifecycle:
             if tgt in depts:
                 return reject("invalid_action", f"{tgt} already has this alert")
 
-        st = copy.deepcopy(state)
+        st = _copy(state)
         step = Step()
         location = Alert.model_validate(st["alert"]).location
         new_status = target or status
@@ -384,7 +391,7 @@ class Lifecycle:
         step = Step()
         if state is None or S(state["status"]) not in OPEN_STATES:
             return state, step
-        st = copy.deepcopy(state)
+        st = _copy(state)
         changed = False
         raised = self._raise(st, now)
         if raised:
