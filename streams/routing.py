@@ -136,7 +136,10 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _co
 
 def load_yaml(text: str, name: str) -> Any:
     """Parse YAML keeping line numbers (LDict/LList); syntax errors name the line."""
-    loader = _LineLoader(text)
+    try:
+        loader = _LineLoader(text)  # the reader already refuses control characters here
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name}: YAML: {' '.join(str(exc).split())}") from None
     loader.name = name
     try:
         return loader.get_single_data()

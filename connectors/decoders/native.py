@@ -33,6 +33,8 @@ def _reading(obj: Any, ctx: DecodeContext) -> SensorReading:
         reading = SensorReading.model_validate_json(orjson.dumps(obj))
     except ValidationError as exc:
         raise reason_for(exc) from None
+    except TypeError:  # orjson writes less depth than it reads: a value nested absurdly deep
+        raise RejectedPayload("invalid_field", "a reading field is nested too deep") from None
     ctx.check_time(reading.ts)
     return reading
 
@@ -66,5 +68,7 @@ def decode_hotline(topic: str, payload: bytes, ctx: DecodeContext) -> list[Hotli
         event = HotlineEvent.model_validate_json(orjson.dumps(data))
     except ValidationError as exc:
         raise reason_for(exc) from None
+    except TypeError:  # orjson writes less depth than it reads: a value nested absurdly deep
+        raise RejectedPayload("invalid_field", "a hotline call field is nested too deep") from None
     ctx.check_time(event.ts)
     return [event]
