@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -59,7 +59,9 @@ class StderrProgress:
 def _settings(args: argparse.Namespace) -> ReplaySettings:
     from storage.replay import ReplaySettings
 
-    overrides = {"db_schema": args.schema} if args.schema else {}
+    overrides: dict[str, Any] = {"db_schema": args.schema} if args.schema else {}
+    if getattr(args, "partitions", None):
+        overrides["partitions"] = args.partitions
     try:
         return ReplaySettings(**overrides)  # type: ignore[call-arg]  # the rest from the environment
     except ValidationError as exc:
@@ -102,6 +104,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     speed = parse_speed(args.speed)
     warmup = _duration(args.warmup)
     rules = Path(args.rules).resolve() if args.rules else None
+    if args.partitions is not None and not 1 <= args.partitions <= 64:
+        raise ConfigError(f"--partitions {args.partitions} is not 1..64")
     if rules is not None and not rules.is_file():
         raise ConfigError(f"rules file {args.rules} does not exist")
     if rules is not None:
@@ -109,7 +113,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
         load_rules(rules)  # a broken rules file fails here in one line, not inside the worker
     run = check_run(args.run) if args.run else new_run_id(now_utc())
-    scope = Scope(start, end, args.area, tuple(args.sensor or ()))
+    scope = Scope(start, end, args.area, tuple(args.sensor or ()), tuple(args.ignore_rule or ()))
 
     from storage.replay import ReplayRequest, run_replay
 
@@ -177,6 +181,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--area", help="only this district or street (name as stored, e.g. 朝阳区)")
     p.add_argument("--sensor", action="append", metavar="ID", help="only this sensor (repeatable)")
     p.add_argument("--rules", metavar="FILE", help="routing rules file for the replay (default: the live one)")
+    p.add_argument("--ignore-rule", action="append", metavar="RULE",
+                   help="leave alerts of this rule out of the comparison, e.g. health:silence (repeatable)")
     p.add_argument("--speed", default="max", help="'max' (default) or Nx: N event seconds per wall second")
     p.add_argument("--warmup", default="0s",
                    help="also replay this much before --from to build detector state (e.g. 1h); its alerts "
@@ -184,6 +190,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", action="store_true", help="keep the run's topics and worker data")
     p.add_argument("--json", metavar="PATH", help="also write the diff as JSON here")
     p.add_argument("--run", help="run id (default: time + random suffix)")
+    p.add_argument("--partitions", type=int, help="partitions of the replay topics (default: as many as the live "
+                   "readings topic has; give the recording's count when it came from another prefix)")
     p.add_argument("--schema", help="storage schema to read (default $REPLAY_DB_SCHEMA or public)")
     p.add_argument("--fail-on-diff", action="store_true", help="exit 1 when the diff is not empty")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")

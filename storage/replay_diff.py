@@ -65,15 +65,17 @@ def new_run_id(now: datetime, token: str | None = None) -> str:
 @dataclass(frozen=True, slots=True)
 class Scope:
     """What a replay covers: alerts first seen in [start, end), in an area
-    (district or street name), about some sensors."""
+    (district or street name), about some sensors, of every rule but the
+    ignored ones (a rule known to be noisy can be left out of the comparison)."""
 
     start: datetime
     end: datetime
     area: str | None = None
     sensors: tuple[str, ...] = ()
+    ignore_rules: tuple[str, ...] = ()
 
     def covers(self, a: AlertView) -> bool:
-        if not self.start <= a.first_seen < self.end:
+        if not self.start <= a.first_seen < self.end or a.rule in self.ignore_rules:
             return False
         if self.area is not None and self.area not in (a.district, a.street):
             return False
@@ -81,7 +83,7 @@ class Scope:
 
     def to_dict(self) -> dict[str, Any]:
         return {"from": self.start.isoformat(), "to": self.end.isoformat(), "area": self.area,
-                "sensors": list(self.sensors)}
+                "sensors": list(self.sensors), "ignore_rules": list(self.ignore_rules)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,6 +104,16 @@ def test_scope_cuts_both_sides_alike() -> None:
     assert d.empty and d.identical == ("a-5",)
 
 
+def test_ignored_rules_are_left_out_on_both_sides() -> None:
+    scope = Scope(SCOPE.start, SCOPE.end, ignore_rules=("health:silence",))
+    rec = [alert(1), alert(2, rule="health:silence")]
+    rep = [alert(1), alert(3, rule="health:silence")]
+    d = diff_alerts(rec, rep, scope)
+    assert d.empty and d.recorded == 1 and d.replayed == 1
+    assert scope.to_dict()["ignore_rules"] == ["health:silence"]
+    assert not diff_alerts(rec, rep, SCOPE).empty
+
+
 def test_alert_view_from_wire_json() -> None:
     a = AlertView.from_alert_json({
         "alert_id": "a-x", "revision": 4, "rule": "r", "subject": "s", "severity": "II", "peak_severity": "I",
