@@ -18,6 +18,8 @@ command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
 command -v psql >/dev/null || missing+=(postgresql-client)
 command -v runuser >/dev/null || missing+=(util-linux)
+# the local CA and the MQTT TLS listener's certificate
+command -v openssl >/dev/null || missing+=(openssl)
 # the dashboard's browser test drives Debian's Chromium (never a downloaded browser)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 # Chinese glyphs for the dashboard on this machine
