@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from citybrain.dlq import decode_headers
 from schemas import Alert, AlertAction, HotlineEvent, Incident, SensorReading
+from schemas.tickets import KpiRecord, TicketRecord
 
 Row = tuple[Any, ...]
 
@@ -31,6 +34,10 @@ ACTION_COLUMNS = ("ts", "event_id", "alert_id", "action", "actor", "actor_depart
 INCIDENT_COLUMNS = ("incident_id", "revision", "kind", "severity", "severity_rank", "status", "district",
                     "street", "grid", "lat", "lon", "alert_ids", "ticket_ids", "first_seen", "last_seen",
                     "payload")
+TICKET_COLUMNS = ("ticket_id", "revision", "change", "category", "urgency", "status", "district", "street", "grid",
+                  "lat", "lon", "departments", "created", "first_contact_by", "resolve_by", "responded_at",
+                  "resolved_at", "overdue", "satisfaction", "mode", "updated", "payload")
+KPI_COLUMNS = ("scope", "period", "revision", "response_rate", "resolution_rate", "satisfaction_rate", "counts")
 DLQ_COLUMNS = ("at", "dlq_topic", "dlq_partition", "dlq_offset", "reason", "message", "source", "component",
                "stage", "record_key", "size_bytes")
 
@@ -67,6 +74,18 @@ def incident_row(i: Incident) -> Row:
     return (i.incident_id, i.revision, i.kind, i.severity.value, i.severity.rank, i.status, loc.district,
             loc.street, loc.grid, loc.lat, loc.lon, list(i.alert_ids), list(i.ticket_ids), i.first_seen,
             i.last_seen, i.model_dump_json(exclude_none=True))
+
+
+def ticket_row(t: TicketRecord) -> Row:
+    loc = t.location
+    return (t.ticket_id, t.revision, t.change, t.category, t.urgency, t.status, loc.district, loc.street, loc.grid,
+            loc.lat, loc.lon, list(t.departments), t.created, t.first_contact_by, t.resolve_by, t.responded_at,
+            t.resolved_at, list(t.overdue), t.satisfaction, t.mode, t.updated, t.model_dump_json(exclude_none=True))
+
+
+def kpi_row(k: KpiRecord) -> Row:
+    return (k.scope, k.period, k.revision, k.response_rate, k.resolution_rate, k.satisfaction_rate,
+            orjson.dumps(k.counts).decode())
 
 
 def dlq_row(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
@@ -134,6 +153,16 @@ class TableSpec:
                 "WHERE alerts.revision < EXCLUDED.revision RETURNING 1) "
                 "SELECT count(*) FROM h"
             )
+        if self.kind in ("tickets", "kpi"):  # latest revision per ticket / per (scope, period)
+            cols = ", ".join(self.columns)
+            key = "ticket_id" if self.kind == "tickets" else "scope, period"
+            updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in self.columns if c not in key.split(", "))
+            return (
+                f"WITH u AS (INSERT INTO {self.table} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {s} "
+                f"ORDER BY {key}, revision DESC "
+                f"ON CONFLICT ({key}) DO UPDATE SET {updates}, updated_at = now() "
+                f"WHERE {self.table}.revision < EXCLUDED.revision RETURNING 1) SELECT count(*) FROM u"
+            )
         if self.kind == "incidents":
             icols = ", ".join(INCIDENT_COLUMNS)
             updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in INCIDENT_COLUMNS if c != "incident_id")
@@ -156,6 +185,8 @@ SPECS: dict[str, TableSpec] = {
     "actions": TableSpec("actions", "alert_actions", ACTION_COLUMNS, AlertAction, action_row,
                          (("alert_actions", 0),)),
     "incidents": TableSpec("incidents", "incidents", INCIDENT_COLUMNS, Incident, incident_row, ()),
+    "tickets": TableSpec("tickets", "hotline_tickets", TICKET_COLUMNS, TicketRecord, ticket_row, ()),
+    "kpi": TableSpec("kpi", "hotline_kpi", KPI_COLUMNS, KpiRecord, kpi_row, ()),
     "dlq": TableSpec("dlq", "dlq_index", DLQ_COLUMNS, None, None, (("dlq_index", 0),)),
 }
 

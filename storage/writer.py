@@ -61,7 +61,7 @@ class WriterSettings(BaseSettings):
     db_schema: str = "public"
     group_id: str = "citybrain-storage"
     client_id: str = "citybrain-storage-writer"
-    kinds: tuple[str, ...] = ("readings", "hotline", "alerts", "actions", "incidents", "dlq")
+    kinds: tuple[str, ...] = ("readings", "hotline", "alerts", "actions", "incidents", "tickets", "kpi", "dlq")
     batch_size: int = Field(default=5000, ge=1)
     batch_timeout_ms: int = Field(default=500, ge=1)
     retry_initial_s: float = Field(default=0.2, gt=0)
@@ -77,7 +77,7 @@ class WriterSettings(BaseSettings):
     def topic_kinds(self) -> dict[str, str]:
         t = self.topics
         by_kind = {"readings": t.readings, "hotline": t.hotline, "alerts": t.alerts, "actions": t.actions,
-                   "incidents": t.incidents, "dlq": t.dlq}
+                   "incidents": t.incidents, "tickets": t.hotline_tickets, "kpi": t.kpi, "dlq": t.dlq}
         return {by_kind[k]: k for k in self.kinds}
 
 

@@ -496,7 +496,8 @@ def register(ctx: WorkerContext) -> None:
                     log.exception("kpi failed")
                     await ctx.dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}", "kpi")
             for (scope, _), snap in latest.items():  # one snapshot per scope and period per batch
-                await kpi_topic.send(key=scope.encode(), value=orjson.dumps(snap.as_dict()), force=True)
+                # explicit nulls: a rate with an empty denominator is None, not absent
+                await kpi_topic.send(key=scope.encode(), value=snap.as_record().model_dump_json().encode(), force=True)
 
     @app.agent(alerts_in, name="incident-alerts")
     async def incident_alerts(stream: Any) -> None:

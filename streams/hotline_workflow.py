@@ -50,9 +50,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import Field
-
-from schemas import HotlineEvent, Location, Severity, TicketStatus, UtcDatetime, WireModel, stable_id
+from schemas import HotlineEvent, Location, Severity, TicketStatus, stable_id
+from schemas.tickets import ChangeKind, TicketRecord
 from streams.emergency import NORMAL, EmergencyPolicy, ModeInfo
 from streams.routing import Registry, RoutingTable, RulesHolder, Where, mask_text
 
@@ -151,36 +150,6 @@ class WorkflowStep:
 
 _ORDER = {TicketStatus.OPEN: 0, TicketStatus.DISPATCHED: 1, TicketStatus.IN_PROGRESS: 2, TicketStatus.RESOLVED: 3,
           TicketStatus.CLOSED: 4}  # fmt: skip
-
-
-ChangeKind = Literal["dispatched", "updated", "feedback", "overdue"]
-
-
-class TicketRecord(WireModel):
-    """A ticket's current state after a change: what departments act on.
-    `revision` grows with every change, so a consumer keeps the highest."""
-
-    schema_version: Literal[1] = 1
-    ticket_id: str
-    revision: int = Field(ge=1)
-    change: ChangeKind
-    event_id: str | None = Field(default=None, description="the hotline event that caused the change")
-    category: str
-    urgency: str
-    status: str
-    location: Location
-    departments: tuple[str, ...]
-    created: UtcDatetime
-    first_contact_by: UtcDatetime
-    resolve_by: UtcDatetime
-    responded_at: UtcDatetime | None = None
-    resolved_at: UtcDatetime | None = None
-    overdue: tuple[str, ...] = Field(default=(), description="deadlines missed and still unmet: response, resolution")
-    satisfaction: int | None = None
-    mode: str = "normal"
-    updated: UtcDatetime
-    description: str = Field(default="", description="the caller's text, phone numbers masked")
-    caller_ref: str | None = None
 
 
 def ticket_record(st: Mapping[str, Any], change: ChangeKind, at: datetime, ev: HotlineEvent | None = None

@@ -29,16 +29,18 @@ Partitioning: ONE STATE PER SCOPE. The agent sends each fact to every scope in
 State::
 
     {"periods": {"2025-07": {"response": [ok, n], "resolution": [ok, n], "satisfaction": [ok, n]}},
-     "seen": [fact ids, bounded]}     # at-least-once redelivery dedupe (recent ids only)
+     "seen": [fact ids, bounded],     # at-least-once redelivery dedupe (recent ids only)
+     "rev": facts counted}
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.tickets import KpiRecord
 from streams.hotline_workflow import KpiFact
 
 SEEN_MAX = 4096
@@ -54,6 +56,13 @@ class KpiSnapshot:
     resolution_rate: float | None
     satisfaction_rate: float | None
     counts: Mapping[str, tuple[int, int]]  # kind -> (ok, n)
+    # facts the scope has counted: a consumer keeps the highest (not part of the value)
+    revision: int = field(default=0, compare=False)
+
+    def as_record(self) -> KpiRecord:
+        return KpiRecord(scope=self.scope, period=self.period, revision=max(1, self.revision),
+                         response_rate=self.response_rate, resolution_rate=self.resolution_rate,
+                         satisfaction_rate=self.satisfaction_rate, counts=dict(self.counts))
 
     def as_dict(self) -> dict[str, Any]:
         return {"scope": self.scope, "period": self.period, "response_rate": self.response_rate,
@@ -69,12 +78,13 @@ def snapshot(state: Mapping[str, Any], scope: str, period: str) -> KpiSnapshot:
     p = (state.get("periods") or {}).get(period) or {k: [0, 0] for k in KINDS}
     counts = {k: (int(p[k][0]), int(p[k][1])) for k in KINDS}
     return KpiSnapshot(scope, period, _rate(*counts["response"]), _rate(*counts["resolution"]),
-                       _rate(*counts["satisfaction"]), counts)
+                       _rate(*counts["satisfaction"]), counts, int(state.get("rev", 0)))
 
 
 def apply(state: dict[str, Any] | None, scope: str, fact: KpiFact) -> tuple[dict[str, Any], KpiSnapshot | None]:
     st: dict[str, Any] = (
-        {"periods": copy.deepcopy(state["periods"]), "seen": list(state["seen"])} if state else {"periods": {}, "seen": []}
+        {"periods": copy.deepcopy(state["periods"]), "seen": list(state["seen"]), "rev": int(state.get("rev", 0))}
+        if state else {"periods": {}, "seen": [], "rev": 0}
     )
     if fact.fact_id in st["seen"]:
         return st, None
@@ -86,6 +96,7 @@ def apply(state: dict[str, Any] | None, scope: str, fact: KpiFact) -> tuple[dict
     else:  # a replaced verdict for a ticket already counted
         c[0] += int(fact.ok) - int(fact.prev_ok)
     st["seen"] = [*st["seen"], fact.fact_id][-SEEN_MAX:]
+    st["rev"] += 1
     if len(st["periods"]) > PERIODS_MAX:
         for old in sorted(st["periods"])[:-PERIODS_MAX]:
             del st["periods"][old]

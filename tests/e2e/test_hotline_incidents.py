@@ -166,6 +166,21 @@ async def test_three_rates_match_hand_computed_values_despite_redelivery_and_bad
     # the street office calls citizens back (pseudonymous: the caller's keyed hash); the bureau gets no caller data
     assert all(orjson.loads(m.value).get("caller_ref") for m in street)
     assert not any("caller_ref" in orjson.loads(m.value) for m in water)
+
+    # stored for the operations center: the latest ticket states and rates
+    rows = await pipeline.wait_db(
+        "SELECT scope, response_rate, resolution_rate, satisfaction_rate, counts FROM hotline_kpi "
+        "WHERE period = $1 AND scope = ANY($2::text[])", period, list(expected),
+        until=lambda r: {x["scope"]: orjson.loads(x["counts"]) for x in r} == expected, timeout=60)
+    assert {r["scope"]: orjson.loads(r["counts"]) for r in rows} == expected
+    rows = await pipeline.wait_db(
+        "SELECT ticket_id, status, departments, overdue, satisfaction FROM hotline_tickets WHERE ticket_id LIKE $1",
+        f"{pipeline.run}-t%", until=lambda r: len(r) == 6 and sum(x["status"] == "resolved" for x in r) == 3,
+        timeout=60)
+    stored = {r["ticket_id"].rsplit("-", 1)[1]: r for r in rows}
+    assert stored["t1"]["status"] == "resolved" and stored["t1"]["satisfaction"] == 5
+    assert stored["t6"]["departments"] == tickets[f"{pipeline.run}-t6"]["departments"]
+    assert stored["t5"]["overdue"] == ["response", "resolution"]
     pipeline.sup.check_alive()
 
 
