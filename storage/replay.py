@@ -293,10 +293,13 @@ async def delete_run_kafka(bootstrap: str, run: str) -> list[str]:
     return doomed
 
 
-async def _worker_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, group: str, topic: str,
+async def _worker_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, group: str, topics: list[str],
                       partitions: int) -> tuple[int, int]:
-    """(records the worker has committed, records still ahead of it) on `topic`."""
-    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    """(records the worker has committed on the first topic, records still
+    ahead of it on all of them). Its inputs after the readings (hotline
+    events, its own detected-alert topic) count too: an alert is not out
+    before the lifecycle agent has handled its detection."""
+    tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
     ends = await consumer.end_offsets(tps)
     try:
         committed = await admin.list_consumer_group_offsets(group, partitions=tps)
@@ -307,7 +310,8 @@ async def _worker_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, gr
     for tp in tps:
         c = committed.get(tp)
         off = c.offset if c is not None and c.offset >= 0 else 0
-        done += off
+        if tp.topic == topics[0]:
+            done += off
         ahead += max(0, ends[tp] - off)
     return done, ahead
 
@@ -580,9 +584,10 @@ async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None)
     await consumer.start()
     t0 = time.monotonic()
-    last_done = -1
+    last_seen: tuple[int, int] = (-1, -1)
     last_progress_at = time.monotonic()
     caught_up_at: float | None = None
+    watched = [topics.readings, topics.hotline, topics.alerts_detected]
     try:
         async with _admin(settings.kafka_bootstrap_servers) as admin:
             while True:
@@ -591,11 +596,12 @@ async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics
                 if proc.returncode is not None:
                     raise ServiceError(f"replay worker exited with code {proc.returncode}: "
                                        f"{_tail(out.run_dir / 'worker.log')}")
-                done, ahead = await _worker_lag(admin, consumer, app_id(req.run), topics.readings, partitions)
+                done, ahead = await _worker_lag(admin, consumer, app_id(req.run), watched, partitions)
                 t = time.monotonic()
-                if done != last_done:
-                    last_done, last_progress_at = done, t
-                    progress(f"detected {done}/{n_readings} readings, {len(collector.latest)} alerts")
+                if (done, ahead) != last_seen:
+                    last_seen, last_progress_at = (done, ahead), t
+                    progress(f"detected {done}/{n_readings} readings, {ahead} records ahead of the worker, "
+                             f"{len(collector.latest)} alerts")
                 if ahead == 0:
                     caught_up_at = caught_up_at or t
                     if t - max(caught_up_at, collector.last_at) >= settings.quiet_s:
