@@ -228,9 +228,10 @@ async def test_unacknowledged_alert_escalates_at_deadline_and_ack_stops_it(
     await asyncio.sleep(14)  # two more acknowledge windows: an unacknowledged alert would climb to ops
     msgs = await pipeline.consume(pipeline.topics.alerts, lambda got: False, timeout=5)
     after = alerts_of(msgs, subject)
-    assert all("ops" not in a["departments"] for a in after), "no escalation after the acknowledgement"
     assert after[-1]["status"] == "acknowledged"
-    assert max(a["revision"] for a in after) == acked["revision"]
+    assert max(a["revision"] for a in after) == acked["revision"], "no escalation after the acknowledgement"
+    # (on a slow machine the ack may come after the district's own deadline: then ops
+    # was added before it, which is right; what matters is that nothing follows the ack)
     pipeline.sup.check_alive()
 
 
