@@ -72,7 +72,11 @@ def register_detect(ctx: WorkerContext) -> None:
     state = app.Table("sensor-state", key_type=bytes, value_type=bytes, partitions=settings.partitions)
     detected_topic = app.topic(ctx.topics.alerts_detected, key_type=bytes, value_type=bytes, value_serializer="raw")
     processor = ReadingProcessor(ctx.rules.table, mode_of=ctx.modes.mode_for)
-    clock_state = {"watermark_src": EPOCH}
+    # Event-time progress PER SOURCE PARTITION: a worker consumes its
+    # partitions unevenly (catching up, replaying at full speed), so a
+    # worker-wide maximum would make the sensors of a lagging partition look
+    # silent; a partition's own maximum depends only on its own, ordered input.
+    watermarks: dict[int, datetime] = {}
 
     async def publish(alert: Alert) -> None:
         # to the lifecycle agent, keyed (and so partitioned) by alert_id; it
@@ -107,8 +111,8 @@ def register_detect(ctx: WorkerContext) -> None:
                     st, alerts = processor.step(st, reading)
                     st["p"] = event.message.partition
                     touched[key] = (event.message.partition, st)
-                    if reading.ts > clock_state["watermark_src"]:
-                        clock_state["watermark_src"] = reading.ts
+                    if reading.ts > watermarks.get(event.message.partition, EPOCH):
+                        watermarks[event.message.partition] = reading.ts
                 except RejectedPayload as exc:  # late beyond the allowed lateness, counted in the DLQ
                     await ctx.dead_letter(event, exc.reason, exc.message, "detect")
                     continue
@@ -126,9 +130,11 @@ def register_detect(ctx: WorkerContext) -> None:
     @app.timer(interval=settings.tick_every_s)
     async def tick_sensors() -> None:
         """Silence is detected by event-time progress, not by the next reading:
-        every few seconds each sensor this worker holds sees the watermark."""
-        watermark = clock_state["watermark_src"] - timedelta(seconds=settings.lateness_s)
-        if watermark <= EPOCH:
+        every few seconds each sensor this worker holds sees its partition's
+        watermark (the partition's latest event time minus the lateness)."""
+        lateness = timedelta(seconds=settings.lateness_s)
+        marks = {p: t - lateness for p, t in watermarks.items()}
+        if not marks:
             return
         current_rules()
         for n, key in enumerate(list(state.data.keys())):
@@ -138,6 +144,9 @@ def register_detect(ctx: WorkerContext) -> None:
             if not raw:
                 continue
             st = orjson.loads(raw)
+            watermark = marks.get(st.get("p", 0))
+            if watermark is None:
+                continue
             try:
                 st, alerts = processor.tick(st, watermark)
             except Exception:
