@@ -14,7 +14,8 @@ from connectors.open311.sink import KafkaHotlineSink
 
 
 async def serve(settings: Open311Settings) -> None:
-    sink = KafkaHotlineSink(settings.kafka_bootstrap_servers, Topics(settings.topic_prefix).hotline)
+    sink = KafkaHotlineSink(settings.kafka_bootstrap_servers, Topics(settings.topic_prefix).hotline,
+                            client_kwargs=settings.kafka_security.aiokafka_kwargs())
     await sink.start()
     try:
         app = create_app(settings, sink)

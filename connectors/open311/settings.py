@@ -8,6 +8,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from citybrain.kafka_security import KafkaSecurity
+
 
 class Open311Settings(BaseSettings):
     """Read from the environment (`OPEN311_*`) at the entry point only; tests pass values."""
@@ -33,6 +35,8 @@ class Open311Settings(BaseSettings):
     # districts and streets with centroids (sim/data/beijing.json format); None: the shipped file
     geography_file: Path | None = None
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    # KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_*: the intake writes hotline events as the `connector` principal
+    kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity)
     topic_prefix: str = ""
     host: str = "127.0.0.1"
     port: int = 8311

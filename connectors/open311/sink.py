@@ -7,13 +7,16 @@ citizen only once it cannot be lost.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiokafka import AIOKafkaProducer
 
 from schemas import HotlineEvent
 
 
 class KafkaHotlineSink:
-    def __init__(self, bootstrap_servers: str, topic: str, *, client_id: str = "citybrain-open311") -> None:
+    def __init__(self, bootstrap_servers: str, topic: str, *, client_id: str = "citybrain-open311",
+                 client_kwargs: dict[str, Any] | None = None) -> None:
         self.topic = topic
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
@@ -22,6 +25,7 @@ class KafkaHotlineSink:
             enable_idempotence=True,
             linger_ms=0,
             request_timeout_ms=15_000,
+            **(client_kwargs or {}),  # SASL / TLS: citybrain.kafka_security
         )
 
     async def start(self) -> None:

@@ -567,3 +567,37 @@ def test_opscenter_actions_and_mode_switches_are_audited(database_url: str, kafk
     ack = json.loads(got[0]["details"])
     assert ack["department"] == "eeb" and ack["comment"] == "on our way" and ack["topic"] == Topics(prefix).actions
     assert json.loads(got[1]["details"])["mode"] == "emergency"
+
+
+async def test_open311_sink_writes_as_the_connector_principal(secured: Secured, kafka_bootstrap: str) -> None:
+    from connectors.open311.sink import KafkaHotlineSink
+    from schemas import HotlineEvent
+
+    run = uuid.uuid4().hex[:8]
+    topics = Topics(f"sec{run}.")
+    await apply(kafka_bootstrap, Plan({}, service_acls(topics)))
+    await ensure_topics(kafka_bootstrap, {topics.hotline: 1, topics.alerts: 1})
+    sec = scram("connector", (secured.secrets_dir / "kafka-connector").read_text().strip())
+    event = HotlineEvent.model_validate({
+        "event_id": f"h-{run}", "ticket_id": f"o311-{run}", "kind": "created", "category": "flooding",
+        "ts": datetime.now(UTC).isoformat(), "location": {"district": "朝阳区", "lat": 39.99, "lon": 116.47}})
+    sink = KafkaHotlineSink(secured.sasl_bootstrap, topics.hotline, client_kwargs=sec.aiokafka_kwargs())
+    await asyncio.wait_for(sink.start(), WAIT * 2)
+    try:
+        await asyncio.wait_for(sink(event), WAIT)
+    finally:
+        await sink.stop()
+    wrong = KafkaHotlineSink(secured.sasl_bootstrap, topics.alerts, client_kwargs=sec.aiokafka_kwargs())
+    await wrong.start()
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            await asyncio.wait_for(wrong(event), WAIT)
+    finally:
+        await wrong.stop()
+    c = AIOKafkaConsumer(topics.hotline, bootstrap_servers=kafka_bootstrap, group_id=None, auto_offset_reset="earliest")
+    await c.start()
+    try:
+        msg = await asyncio.wait_for(c.getone(), WAIT)
+        assert json.loads(msg.value)["ticket_id"] == f"o311-{run}"
+    finally:
+        await c.stop()
