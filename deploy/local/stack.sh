@@ -341,8 +341,15 @@ down() {
 }
 
 status() {
-  pid_alive "$RUN/kafka/kafka.pid" && echo "kafka: running" || echo "kafka: stopped"
-  pid_alive "$RUN/mosquitto/mosquitto.pid" && echo "mosquitto: running" || echo "mosquitto: stopped"
+  local old="closed: started with an older configuration, run stack.sh up"
+  if pid_alive "$RUN/kafka/kafka.pid"; then
+    echo "kafka: running"
+    port_open "$KAFKA_SASL_PORT" && echo "kafka SASL: 127.0.0.1:$KAFKA_SASL_PORT" || echo "kafka SASL: $old"
+  else echo "kafka: stopped"; fi
+  if pid_alive "$RUN/mosquitto/mosquitto.pid"; then
+    echo "mosquitto: running"
+    port_open "$MQTT_TLS_PORT" && echo "mosquitto TLS: 127.0.0.1:$MQTT_TLS_PORT" || echo "mosquitto TLS: $old"
+  else echo "mosquitto: stopped"; fi
   [ -f "$RUN/pg/data/postmaster.pid" ] && echo "postgres: running" || echo "postgres: stopped"
 }
 
