@@ -36,8 +36,9 @@ from typing import Any
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -232,8 +233,9 @@ async def merged_records(conn: asyncpg.Connection, req: ReplayRequest, topics: T
 async def count_range(conn: asyncpg.Connection, req: ReplayRequest) -> tuple[int, int]:
     scope = req.scope
     args = (req.read_from, scope.end, scope.area, list(scope.sensors))
-    n_r = await conn.fetchval(f"SELECT count(*) FROM ({_READINGS_SQL}) q", *args)
-    n_h = await conn.fetchval(f"SELECT count(*) FROM ({_HOTLINE_SQL}) q", *args)
+    # the same filters without the ORDER BY: counting needs no sort
+    n_r = await conn.fetchval(f"SELECT count(*) FROM ({_READINGS_SQL.split('ORDER BY')[0]}) q", *args)
+    n_h = await conn.fetchval(f"SELECT count(*) FROM ({_HOTLINE_SQL.split('ORDER BY')[0]}) q", *args)
     return int(n_r), int(n_h)
 
 
@@ -263,6 +265,29 @@ async def live_partitions(bootstrap: str) -> int:
             if t.get("topic") == LIVE.readings and not t.get("error_code") and t.get("partitions"):
                 return len(t["partitions"])
     return DEFAULT_PARTITIONS
+
+
+async def ensure_control_topic(bootstrap: str, name: str) -> None:
+    """The emergency-mode topic as the worker makes it (one partition,
+    compacted), made ahead so its first seconds are not spent on errors.
+    The run starts in normal mode: mode switches are not recorded."""
+    async with _admin(bootstrap) as admin:
+        if name not in set(await admin.list_topics()):
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+
+
+async def wait_for_leaders(bootstrap: str, names: list[str], timeout_s: float = 30) -> None:
+    """Until every partition of fresh topics has a leader: producing before
+    that only buys retries (NotLeaderForPartition) and noise on stderr."""
+    deadline = time.monotonic() + timeout_s
+    async with _admin(bootstrap) as admin:
+        while time.monotonic() < deadline:
+            meta = await admin.describe_topics(names)
+            if all(not t.get("error_code") and t.get("partitions")
+                   and all(p.get("leader", -1) >= 0 for p in t["partitions"]) for t in meta):
+                return
+            await asyncio.sleep(0.2)
 
 
 async def list_replay_topics(bootstrap: str) -> dict[str, list[str]]:
@@ -349,9 +374,10 @@ class _AlertCollector:
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._task is None:
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
         await self._consumer.stop()
 
 
@@ -374,6 +400,42 @@ def worker_env(base_env: Mapping[str, str], settings: ReplaySettings, req: Repla
     if _worker_has_event_clock():
         env["WORKER_CLOCK"] = "event"
     return env
+
+
+def rules_in_effect(base_env: Mapping[str, str], req: ReplayRequest) -> Path:
+    from streams.routing import DEFAULT_RULES
+
+    if req.rules_file is not None:
+        return req.rules_file
+    return Path(base_env["WORKER_RULES_FILE"]) if base_env.get("WORKER_RULES_FILE") else DEFAULT_RULES
+
+
+def department_topics(rules: Path, topics: Topics, areas: set[tuple[str, str | None]], hotline: bool) -> list[str]:
+    """The alert (and hotline) topics of the city-wide departments and of the
+    district and street offices of the areas the range covers, under the
+    run's prefix. Made before the worker starts: the worker would otherwise
+    create each on first use inside its agent while every other record waits
+    (about a second each; a 500-sensor replay stalled for good that way)."""
+    from streams.routing import load_rules
+
+    districts = {d for d, _ in areas}
+    codes = [code for code, dept in load_rules(rules).departments.items()
+             if dept.district is None
+             or (dept.street is None and dept.district in districts)
+             or (dept.district, dept.street) in areas]
+    names = [topics.dept(c) for c in codes]
+    if hotline:
+        names += [topics.hotline_dept(c) for c in codes]
+    return names
+
+
+async def areas_in_range(conn: asyncpg.Connection, req: ReplayRequest) -> set[tuple[str, str | None]]:
+    scope = req.scope
+    args = (req.read_from, scope.end, scope.area, list(scope.sensors))
+    rows = await conn.fetch(
+        f"SELECT DISTINCT district, street FROM ({_READINGS_SQL.split('ORDER BY')[0]}) r UNION "
+        f"SELECT DISTINCT district, street FROM ({_HOTLINE_SQL.split('ORDER BY')[0]}) h", *args)
+    return {(r["district"], r["street"]) for r in rows}
 
 
 def _worker_has_event_clock() -> bool:
@@ -405,13 +467,6 @@ async def _stop_worker(proc: asyncio.subprocess.Process, timeout_s: float) -> No
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
-
-
-def _tail(path: Path, n: int = 2000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
 
 
 # --- the run --------------------------------------------------------------------
@@ -449,26 +504,37 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
         await _require_table(conn)
         n_readings, n_hotline = await count_range(conn, req)
         partitions = settings.partitions or await live_partitions(settings.kafka_bootstrap_servers)
+        try:
+            await conn.execute(
+                "INSERT INTO replay_runs (run_id, status, started_at, range_from, range_to, area, sensors,"
+                " rules_file, speed, run_dir, pid, host) VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9,"
+                " $10, $11)",
+                req.run, now(), req.scope.start, req.scope.end, req.scope.area, list(req.scope.sensors),
+                str(req.rules_file) if req.rules_file else None, _speed_text(req.speed), str(run_dir), os.getpid(),
+                socket.gethostname(),
+            )
+        except asyncpg.UniqueViolationError:
+            raise ConfigError(f"replay run {req.run} exists already: choose another --run") from None
         run_dir.mkdir(parents=True, exist_ok=True)
-        await conn.execute(
-            "INSERT INTO replay_runs (run_id, status, started_at, range_from, range_to, area, sensors, rules_file,"
-            " speed, run_dir, pid, host) VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            req.run, now(), req.scope.start, req.scope.end, req.scope.area, list(req.scope.sensors),
-            str(req.rules_file) if req.rules_file else None, _speed_text(req.speed), str(run_dir), os.getpid(),
-            socket.gethostname(),
-        )
         progress(f"replay {req.run}: {n_readings} readings and {n_hotline} hotline events of "
                  f"{req.read_from.isoformat()} .. {req.scope.end.isoformat()} into {topics.prefix}* "
                  f"({partitions} partitions)")
-        await ensure_topics(settings.kafka_bootstrap_servers, pipeline_topics(topics, partitions))
         proc: asyncio.subprocess.Process | None = None
         collector = _AlertCollector(settings.kafka_bootstrap_servers, topics.alerts)
-        await collector.start()
         status = "failed"
         try:
+            wanted = pipeline_topics(topics, partitions)
+            depts = department_topics(rules_in_effect(base_env, req), topics, await areas_in_range(conn, req),
+                                      n_hotline > 0)
+            wanted.update(dict.fromkeys(depts, partitions))
+            await ensure_topics(settings.kafka_bootstrap_servers, wanted)
+            await ensure_control_topic(settings.kafka_bootstrap_servers, topics.control_mode)
+            await wait_for_leaders(settings.kafka_bootstrap_servers, [topics.readings, topics.hotline, topics.alerts])
+            await collector.start()
             env = worker_env(base_env, settings, req, partitions, run_dir / "faust")
             proc = await _start_worker(settings, env, run_dir / "worker.log")
-            pub_s = await _publish(settings, conn, req, topics, n_readings + n_hotline, out, stop, proc, progress)
+            pub_s = await _publish(settings, conn, req, topics, partitions, n_readings + n_hotline, out, stop, proc,
+                                   progress)
             out.publish_s = pub_s
             caught_up = await _catch_up(settings, req, topics, partitions, n_readings, collector, out, stop, proc,
                                         progress)
@@ -519,52 +585,88 @@ def _speed_text(speed: float | None) -> str:
     return "max" if speed is None else f"{speed:g}x"
 
 
+class _Batches:
+    """Records into per-partition Kafka batches: a replay publishes far faster
+    than one `send` per record. The partition is Kafka's default for the key
+    (murmur2, as the connector's producer picks it), so a replayed sensor
+    lands where it did live; batches of one partition go out in order."""
+
+    def __init__(self, producer: AIOKafkaProducer, partitions: int) -> None:
+        self.producer = producer
+        self.all = list(range(partitions))
+        self.part_of: dict[bytes, int] = {}
+        self.open: dict[tuple[str, int], Any] = {}
+        self.sent: list[asyncio.Future[Any]] = []
+        self.partitioner = DefaultPartitioner()
+
+    async def add(self, topic: str, key: bytes, value: bytes) -> None:
+        p = self.part_of.get(key)
+        if p is None:
+            p = self.part_of[key] = self.partitioner(key, self.all, self.all)
+        tp = (topic, p)
+        batch = self.open.get(tp)
+        if batch is None:
+            batch = self.open[tp] = self.producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start the next
+            await self._send(tp)
+            batch = self.open[tp] = self.producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)
+
+    async def _send(self, tp: tuple[str, int]) -> None:
+        batch = self.open.pop(tp)
+        self.sent.append(await self.producer.send_batch(batch, tp[0], partition=tp[1]))
+
+    async def flush(self) -> None:
+        """Send every open batch and wait until Kafka has them all (acks=all)."""
+        for tp in list(self.open):
+            await self._send(tp)
+        await asyncio.gather(*self.sent)
+        self.sent.clear()
+
+
 async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: ReplayRequest, topics: Topics,
-                   total: int, out: ReplayOutcome, stop: asyncio.Event, proc: asyncio.subprocess.Process,
-                   progress: Progress) -> float:
+                   partitions: int, total: int, out: ReplayOutcome, stop: asyncio.Event,
+                   proc: asyncio.subprocess.Process, progress: Progress) -> float:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
-                                enable_idempotence=True, linger_ms=20, max_batch_size=1024 * 1024,
+                                enable_idempotence=True, linger_ms=20, max_batch_size=512 * 1024,
                                 request_timeout_ms=60000)
     await producer.start()
+    batches = _Batches(producer, partitions)
     t0 = time.monotonic()
     last_report = 0.0
-    pending: list[asyncio.Future[Any]] = []
     first_ts: datetime | None = None
+    n = 0
     try:
         async with conn.transaction(readonly=True, isolation="repeatable_read"):
             async for rec in merged_records(conn, req, topics, settings.fetch_batch):
-                if stop.is_set():
-                    raise Interrupted
                 if req.speed is not None:
                     first_ts = first_ts or rec.ts
                     due = (rec.ts - first_ts).total_seconds() / req.speed - (time.monotonic() - t0)
                     if due > 0.005:
-                        await producer.flush()
+                        await batches.flush()
                         await _sleep_or_stop(due, stop)
-                pending.append(await producer.send(rec.topic, rec.value, key=rec.key))
+                await batches.add(rec.topic, rec.key, rec.value)
                 if rec.kind == "reading":
                     out.readings += 1
                 else:
                     out.hotline += 1
-                if len(pending) >= settings.fetch_batch:
-                    await asyncio.gather(*pending)
-                    pending.clear()
+                n += 1
+                if n % settings.fetch_batch == 0:
+                    if stop.is_set():
+                        raise Interrupted
                     if proc.returncode is not None:
-                        raise ServiceError(f"replay worker exited with code {proc.returncode}: "
-                                           f"{_tail(out.run_dir / 'worker.log')}")
+                        raise ServiceError(f"replay worker exited with code {proc.returncode}; "
+                                           f"see {out.run_dir / 'worker.log'}")
                     elapsed = time.monotonic() - t0
                     if elapsed - last_report >= 1.0:
                         last_report = elapsed
-                        done = out.readings + out.hotline
-                        progress(f"published {done}/{total} ({100 * done / max(total, 1):.0f} %), "
-                                 f"{done / max(elapsed, 1e-9):,.0f} records/s")
-            await asyncio.gather(*pending)
-        await producer.flush()
+                        progress(f"published {n}/{total} ({100 * n / max(total, 1):.0f} %), "
+                                 f"{n / max(elapsed, 1e-9):,.0f} records/s")
+            await batches.flush()
     finally:
         await producer.stop()
     elapsed = time.monotonic() - t0
-    done = out.readings + out.hotline
-    progress(f"published {done}/{total} records in {elapsed:.1f} s ({done / max(elapsed, 1e-9):,.0f}/s)")
+    progress(f"published {n}/{total} records in {elapsed:.1f} s ({n / max(elapsed, 1e-9):,.0f}/s)")
     return elapsed
 
 
@@ -594,8 +696,8 @@ async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics
                 if stop.is_set():
                     raise Interrupted
                 if proc.returncode is not None:
-                    raise ServiceError(f"replay worker exited with code {proc.returncode}: "
-                                       f"{_tail(out.run_dir / 'worker.log')}")
+                    raise ServiceError(f"replay worker exited with code {proc.returncode}; "
+                                       f"see {out.run_dir / 'worker.log'}")
                 done, ahead = await _worker_lag(admin, consumer, app_id(req.run), watched, partitions)
                 t = time.monotonic()
                 if (done, ahead) != last_seen:
@@ -612,7 +714,7 @@ async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics
                     caught_up_at = None
                     if t - last_progress_at > settings.stall_timeout_s:
                         raise ServiceError(f"replay worker made no progress for {settings.stall_timeout_s:.0f} s "
-                                           f"({ahead} readings behind): {_tail(out.run_dir / 'worker.log')}")
+                                           f"({ahead} records behind); see {out.run_dir / 'worker.log'}")
                 await _sleep_or_stop(0.5, stop)
     finally:
         await consumer.stop()

@@ -397,3 +397,18 @@ def test_bad_arguments_get_one_line_and_exit_2(args: list[str], says: str) -> No
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_bench_replay_quick_runs_the_whole_path() -> None:
+    """The benchmark's harness works (its figures come from full runs, not from here)."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "bench.replay", "--quick"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"bench.replay --quick hung: {exc.stderr!r}") from exc
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["bench"] == "replay" and r["readings"] > 4000
+    med = r["median"]
+    assert med["readings"] == r["readings"] and med["alerts"] > 0
+    assert med["published_per_s"] > 0 and med["detected_per_s"] > 0 and med["total_s"] >= med["detect_s"]
