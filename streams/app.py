@@ -59,6 +59,8 @@ class WorkerSettings(BaseSettings):
     # SLA timers: the wall clock live, the event-time clock in replay
     clock: Literal["wall", "event"] = "wall"
     lifecycle_tick_s: float = 1.0
+    # alerts are few: a short batching window keeps detection -> department latency low
+    lifecycle_batch_within_s: float = 0.002
     alert_retention_s: float = 7 * 86400  # a finished alert's lifecycle state is kept this long after its last change
     rules_poll_s: float = 2.0
 

@@ -234,12 +234,12 @@ def register(ctx: WorkerContext) -> None:
 
     @app.agent(topic(detected_name), name="lifecycle-detected")
     async def lifecycle_detected(stream: Any) -> None:
-        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+        async for events in stream.take_events(s.batch_max, within=s.lifecycle_batch_within_s):
             await handle("detected", events)
 
     @app.agent(topic(ctx.topics.actions), name="lifecycle-actions")
     async def lifecycle_actions(stream: Any) -> None:
-        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+        async for events in stream.take_events(s.batch_max, within=s.lifecycle_batch_within_s):
             await handle("action", events)
 
     @app.timer(interval=s.lifecycle_tick_s)
