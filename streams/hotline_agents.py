@@ -108,27 +108,52 @@ class TicketOutcome:
 
 class TicketCore:
     """Ticket states (ticket_id -> JSON bytes) with a due-time index, so a
-    deadline tick touches only the tickets whose deadline has passed."""
+    deadline tick touches only the tickets whose deadline has passed, and an
+    expiry index, so a settled ticket is forgotten `retain` after its last
+    change (the table does not grow without bound)."""
 
     def __init__(self, workflow: HotlineWorkflow, store: Store) -> None:
         self.wf = workflow
         self.store = store
         self._heap: list[tuple[datetime, bytes]] = []
         self._due: dict[bytes, datetime] = {}
+        self._exp_heap: list[tuple[datetime, bytes]] = []
+        self._exp: dict[bytes, datetime] = {}
 
     def rebuild_index(self) -> int:
-        self._heap, self._due = [], {}
+        self._heap, self._due, self._exp_heap, self._exp = [], {}, [], {}
         for key in list(self.store.keys()):
             self._index(key, _load(self.store, key))
         return len(self._due)
 
     def _index(self, key: bytes, st: dict[str, Any] | None) -> None:
-        due = self.wf.due_at(st)
-        if due is None:
+        for when, heap, index in ((self.wf.due_at(st), self._heap, self._due),
+                                  (self.wf.expires_at(st), self._exp_heap, self._exp)):
+            if when is None:
+                index.pop(key, None)
+            elif index.get(key) != when:
+                index[key] = when
+                heapq.heappush(heap, (when, key))
+
+    def expire(self, now: datetime, owned: Callable[[int], bool] | None = None) -> list[tuple[bytes, int]]:
+        """Forget settled tickets past their retention: (key, partition) of each,
+        for a tombstone in the changelog."""
+        out: list[tuple[bytes, int]] = []
+        while self._exp_heap and self._exp_heap[0][0] <= now:
+            when, key = heapq.heappop(self._exp_heap)
+            if self._exp.get(key) != when:
+                continue  # stale: the ticket changed since
+            self._exp.pop(key, None)
+            st = _load(self.store, key)
+            if st is None:
+                continue
+            p = int(st.get("p", 0))
+            if owned is not None and not owned(p):
+                continue
+            del self.store[key]
             self._due.pop(key, None)
-        elif self._due.get(key) != due:
-            self._due[key] = due
-            heapq.heappush(self._heap, (due, key))
+            out.append((key, p))
+        return out
 
     def _save(self, key: bytes, st: dict[str, Any]) -> bytes:
         body = orjson.dumps(st)
@@ -149,9 +174,10 @@ class TicketCore:
             raise InvalidRecord("invalid_hotline_event", f"record key {key!r} is not the ticket_id {ev.ticket_id!r}")
         return ev
 
-    def apply(self, ev: HotlineEvent, partition: int, mode: ModeInfo) -> tuple[TicketOutcome, bytes | None]:
-        """One hotline event. Returns (what to publish, new state bytes for the
-        changelog or None when nothing changed)."""
+    def apply(self, ev: HotlineEvent, partition: int, mode: ModeInfo, now: datetime | None = None
+              ) -> tuple[TicketOutcome, bytes | None]:
+        """One hotline event at worker time `now`. Returns (what to publish, new
+        state bytes for the changelog or None when nothing changed)."""
         key = ev.ticket_id.encode()
         prev = _load(self.store, key)
         new, step = self.wf.step(prev, ev, mode)
@@ -161,6 +187,8 @@ class TicketCore:
         change: ChangeKind = "dispatched" if step.dispatch is not None else (
             "feedback" if ev.kind == "feedback" else "updated")
         new["p"] = partition
+        if now is not None:
+            new["touched"] = now.isoformat()
         out.records.append(ticket_record(new, change, ev.ts, ev))
         return out, self._save(key, new)
 
@@ -193,6 +221,7 @@ class TicketCore:
                 self._index(key, st)
                 continue
             new["p"] = p
+            new["touched"] = now.isoformat()
             res = self._outcome(step)
             res.records.append(ticket_record(new, "overdue", now))
             out.append((key, p, res, self._save(key, new)))
@@ -438,9 +467,13 @@ def register(ctx: WorkerContext) -> None:
         if not ctx.clock.started:
             return
         async with ticket_lock:
-            for key, partition, out, body in tickets.tick(ctx.clock.now(), owned):
+            now = ctx.clock.now()
+            for key, partition, out, body in tickets.tick(now, owned):
                 ticket_table.send_changelog(partition, key, body)
                 await publish_ticket(out)
+            for key, partition in tickets.expire(now, owned):
+                # a tombstone (as Faust deletes): gone after a recovery too
+                ticket_table.send_changelog(partition, key, None, value_serializer="raw")
 
     @app.agent(hotline_topic, name="hotline-workflow")
     async def hotline_workflow(stream: Any) -> None:
@@ -452,7 +485,8 @@ def register(ctx: WorkerContext) -> None:
                         ev = TicketCore.parse(msg.key, msg.value)
                         if ctx.clock.kind == "event":
                             ctx.clock.observe(ev.ts)
-                        out, body = tickets.apply(ev, msg.partition, ctx.modes.mode_for(ev.location.district))
+                        out, body = tickets.apply(ev, msg.partition, ctx.modes.mode_for(ev.location.district),
+                                                  ctx.clock.now())
                         if out.rejection is not None:
                             raise InvalidRecord(*out.rejection)
                         if body is not None:

@@ -75,10 +75,11 @@ class HotlinePolicy:
     deadlines: Mapping[str, Deadline] = field(default_factory=_default_deadlines)
     severity: Mapping[str, Severity] = field(default_factory=lambda: {"normal": Severity.IV, "urgent": Severity.III})
     satisfied_min: int = 4  # a score of 4 or 5 (of 1..5) counts as satisfied
+    retain_s: float = 35 * 86400  # a settled ticket's state is kept this long after its last change (late feedback)
 
     @classmethod
     def from_yaml(cls, node: Any, where: Where, line: int) -> HotlinePolicy:
-        m = where.mapping(node, line, "hotline", ("deadlines", "severity", "satisfied_min"))
+        m = where.mapping(node, line, "hotline", ("deadlines", "severity", "satisfied_min", "retain"))
         base = cls()
         deadlines = dict(base.deadlines)
         if "deadlines" in m:
@@ -99,7 +100,9 @@ class HotlinePolicy:
         sat = m.get("satisfied_min", 4)
         if not isinstance(sat, int) or isinstance(sat, bool) or not 1 <= sat <= 5:
             raise where.err(m.line_of("satisfied_min"), f"satisfied_min must be 1..5, got {sat!r}")
-        return cls(deadlines, severity, sat)
+        retain = where.duration_s(m["retain"], m.line_of("retain"), "hotline: retain") if "retain" in m \
+            else base.retain_s
+        return cls(deadlines, severity, sat, retain)
 
 
 FactKind = Literal["response", "resolution", "satisfaction"]
@@ -310,6 +313,21 @@ class HotlineWorkflow:
         if st is not state:
             st["rev"] = st.get("rev", 0) + 1
         return st, out
+
+    def expires_at(self, state: Mapping[str, Any] | None) -> datetime | None:
+        """When a settled ticket (resolved or closed, both rates decided) may be
+        forgotten: `retain` after its last change. None while it is not settled.
+        A forgotten ticket's events would start it again: `retain` is longer than
+        any redelivery or late feedback is expected to be."""
+        if state is None or state["status"] not in (TicketStatus.RESOLVED.value, TicketStatus.CLOSED.value) \
+                or not all(state["counted"].values()):
+            return None
+        # "touched": when the worker last changed it (its clock), so replaying old
+        # events does not forget a ticket while they are still arriving
+        last = max([datetime.fromisoformat(state["created"])] +
+                   [datetime.fromisoformat(h["at"]) for h in state["history"]] +
+                   ([datetime.fromisoformat(state["touched"])] if state.get("touched") else []))
+        return last + timedelta(seconds=self.policy.retain_s)
 
     @staticmethod
     def due_at(state: Mapping[str, Any] | None) -> datetime | None:

@@ -163,3 +163,22 @@ def test_ticket_core_due_index_records_and_department_views() -> None:
     with pytest.raises(InvalidRecord) as exc:
         TicketCore.parse(b"k1", b'{"ticket_id": "k1"}')
     assert exc.value.reason == "invalid_hotline_event"
+
+
+def test_settled_tickets_are_forgotten_after_retention_open_ones_never() -> None:
+    from streams.hotline_agents import TicketCore
+
+    store: dict[bytes, bytes] = {}
+    core = TicketCore(HotlineWorkflow(load_rules(), load_policy().hotline), store)
+    for e in (created("s1"), created("s2"), ev("s1", H, status="resolved")):
+        core.apply(e, 1, ModeInfo())
+    assert core.expire(T0 + 30 * D) == []
+    assert core.expire(T0 + H + 36 * D) == [(b"s1", 1)]  # resolved on time, both rates decided: gone after 35 d
+    assert list(store) == [b"s2"]  # still open: kept (its resolution deadline is pending)
+    # old events replayed now: kept 35 d after the worker last touched the ticket, not after their event time
+    core.apply(created("s3"), 1, ModeInfo(), now=T0 + 100 * D)
+    core.apply(ev("s3", H, status="resolved"), 1, ModeInfo(), now=T0 + 100 * D)
+    assert core.expire(T0 + 120 * D) == [] and b"s3" in store
+    assert core.expire(T0 + 136 * D) == [(b"s3", 1)]
+    core.tick(T0 + 8 * D)  # s2 misses both deadlines but is not resolved: never forgotten
+    assert core.expire(T0 + 400 * D) == [] and b"s2" in store
