@@ -289,6 +289,23 @@ class AreaCore:
         self.spikes = spikes
         self.incidents = incidents
         self.alerting = alerting or AlertPolicy()
+        self._bursting: set[bytes] = set()  # spike keys with a burst in progress: all a tick needs to visit
+
+    def rebuild_index(self) -> int:
+        self._bursting = {k for k in list(self.spikes.keys()) if self._in_burst(_load(self.spikes, k))}
+        return len(self._bursting)
+
+    def _in_burst(self, st: dict[str, Any] | None) -> bool:
+        return bool(st and st.get("det") and (st["det"].get(self.engine.hotline.name) or {}).get("ep") is not None)
+
+    def _save_spike(self, key: bytes, st: dict[str, Any]) -> bytes:
+        body = orjson.dumps(st)
+        self.spikes[key] = body
+        if self._in_burst(st):
+            self._bursting.add(key)
+        else:
+            self._bursting.discard(key)
+        return body
 
     def area_of(self, x: Alert | HotlineEvent) -> str:
         return area_key(x.location, self.correlator.geo)
@@ -324,9 +341,7 @@ class AreaCore:
                     out.alerts = self._signals_to_alerts(st, signals, mode)
                     st["seen"] = [*st["seen"], ev.event_id][-SPIKE_SEEN_MAX:]
                     st["p"] = partition
-                    body = orjson.dumps(st)
-                    self.spikes[key] = body
-                    out.changed.append((self.SPIKES, key, body))
+                    out.changed.append((self.SPIKES, key, self._save_spike(key, st)))
         self._correlate(area, ev, partition, out)
         return out
 
@@ -352,16 +367,16 @@ class AreaCore:
         (key, partition, alert revisions, new state bytes) for each burst."""
         out: list[tuple[bytes, int, list[Alert], bytes]] = []
         name = self.engine.hotline.name
-        for key in sorted(self.spikes.keys()):
+        for key in sorted(self._bursting):
             st = _load(self.spikes, key)
-            if not st or not st.get("det") or (st["det"].get(name) or {}).get("ep") is None:
+            if not self._in_burst(st):
+                self._bursting.discard(key)
                 continue
+            assert st is not None
             st["det"], signals = self.engine.tick(st["det"], watermark)
             alerts = self._signals_to_alerts(st, signals, mode_of(st["det"][name]["loc"]["district"])) \
                 if signals else []
-            body = orjson.dumps(st)
-            self.spikes[key] = body
-            out.append((key, int(st.get("p", 0)), alerts, body))
+            out.append((key, int(st.get("p", 0)), alerts, self._save_spike(key, st)))
         return out
 
     def tick_incidents(self, now: datetime) -> list[tuple[bytes, int, list[Incident], bytes]]:
@@ -420,6 +435,10 @@ def register(ctx: WorkerContext) -> None:
     @ticket_table.on_recover
     async def _rebuild() -> None:
         log.info("hotline: %d tickets with a pending deadline after recovery", tickets.rebuild_index())
+
+    @spike_table.on_recover
+    async def _rebuild_bursts() -> None:
+        log.info("hotline: %d bursts in progress after recovery", area.rebuild_index())
 
     def owned(partition: int) -> bool:
         from faust.types import TP

@@ -118,6 +118,11 @@ def test_area_core_spike_once_per_call_and_incidents_per_district() -> None:
     a = opened[0][1]
     assert a.rule == "hotline_burst:noise" and a.evidence.value == 5.0 and "uma" in a.departments
     assert list(spikes) == ["chaoyang|noise:望京街道".encode()]
+    # the burst ends when the calls stop: the tick visits only keys in a burst, and clears it
+    ticks = core.tick_spikes(T0 + timedelta(hours=3), lambda d: NORMAL)
+    assert [(k, [x.status.value for x in al]) for k, _, al, _ in ticks] == [("chaoyang|noise:望京街道".encode(), ["cleared"])]
+    assert core.tick_spikes(T0 + timedelta(hours=4), lambda d: NORMAL) == []
+    assert AreaCore(core.engine, core.correlator, lambda: TABLE, spikes, incidents).rebuild_index() == 0
     out = core.alert(alert("noise", "noise", "ns-1", 8, Severity.III), 3)
     assert [i.kind for i in out.incidents] == ["noise"]
     assert set(out.incidents[-1].ticket_ids) == {f"n{i}" for i in range(7)} and out.incidents[-1].alert_ids
