@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from citybrain.dlq import dlq_headers
 from citybrain.errors import ConfigError, RejectedPayload
+from citybrain.partitioner import CachedKeyPartitioner
 from citybrain.topics import Topics
 from connectors.base import DecodeContext, Route, pick_decoder
 from connectors.metrics import ConnectorMetrics
@@ -140,6 +141,7 @@ class MqttKafkaConnector:
             compression_type=s.compression,
             request_timeout_ms=30000,
             client_id=f"{s.client_id}-producer",
+            partitioner=CachedKeyPartitioner(),
         )
         await self._start_producer()
         host, port, user, password, tls = parse_mqtt_url(s.mqtt_url.get_secret_value())

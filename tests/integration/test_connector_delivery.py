@@ -25,7 +25,7 @@ from citybrain.dlq import H_REASON, H_SOURCE, decode_headers
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
 from citybrain.supervisor import Supervisor
 from citybrain.topics import Topics
-from tests.e2e.conftest import MqttPublisher
+from tests.e2e.conftest import MqttPublisher, wait_until_subscribed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,7 +161,8 @@ async def test_kafka_down_30s_loses_nothing_memory_bounded(
     await ensure_topics(bootstrap, pipeline_topics(topics, 4))
     sup = Supervisor(tmp_path / "logs", base_env=env)
     child = sup.start("connector", ["connector", "--log-level", "info"])
-    await asyncio.sleep(4)
+    # the outage must hit a running connector, not one still starting (a loaded machine starts slowly)
+    await asyncio.to_thread(wait_until_subscribed, sup, 120)
     proc = psutil.Process(child.pid)
     stream = Stream(mqtt_publish_url, run).start()
     stack_env = {**os.environ, "CITYBRAIN_RUN_DIR": str(run_dir), "CITYBRAIN_KAFKA_PORT": bootstrap.rsplit(":", 1)[1]}
