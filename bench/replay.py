@@ -112,7 +112,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
               f"into schema {schema}: generated in {gen_s:.1f} s, COPY in {copy_s:.1f} s", file=sys.stderr)
         settings = ReplaySettings(database_url=SecretStr(database_url), kafka_bootstrap_servers=bootstrap,
                                   db_schema=schema, run_root="/tmp/citybrain-bench-replay",
-                                  quiet_s=args.quiet_s)
+                                  quiet_s=args.quiet_s, workers=args.workers)
         runs = []
         for i in range(args.runs):
             r = await one_run(settings, start, end)
@@ -124,7 +124,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     med = sorted(runs, key=lambda r: r["detect_s"])[len(runs) // 2]
     return {"bench": "replay", "readings": len(rows), "sensors": sensors, "runs": len(runs), "median": med,
             "all": runs, "target": {"readings": 1_000_000, "total_s": 60},
-            "conditions": {**conditions(), "quick": bool(args.quick), "quiet_s": args.quiet_s,
+            "conditions": {**conditions(), "quick": bool(args.quick), "quiet_s": args.quiet_s, "workers": args.workers,
                            "partitions": "as live (default 4)", "speed": "max"}}
 
 
@@ -135,6 +135,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=1, help="replays of the same recording; the median is reported")
     p.add_argument("--quick", action="store_true", help="5,000 readings, one run: a smoke test of the path")
     p.add_argument("--quiet-s", type=float, default=6.0, help="quiet period that ends a run")
+    p.add_argument("--workers", type=int, default=1, help="replay worker processes (one consumer group)")
     p.add_argument("--keep-schema", action="store_true")
     args = p.parse_args()
     result = asyncio.run(main_async(args))

@@ -70,6 +70,7 @@ class ReplaySettings(BaseSettings):
     worker_tick_s: float = Field(default=2.0, gt=0, description="the replay worker's silence sweep interval")
     stall_timeout_s: float = Field(default=300.0, gt=0, description="no progress for this long: fail")
     worker_stop_timeout_s: float = Field(default=30.0, gt=0)
+    workers: int = Field(default=1, ge=1, le=64, description="worker processes sharing the run's partitions")
     worker_log_level: str = "warning"
 
 
@@ -446,27 +447,53 @@ def _worker_has_event_clock() -> bool:
     return "clock" in WorkerSettings.model_fields
 
 
-async def _start_worker(settings: ReplaySettings, env: Mapping[str, str], log_path: Path) -> asyncio.subprocess.Process:
-    with log_path.open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "citybrain.cli", "worker", "--log-level", settings.worker_log_level,
-            env=dict(env), stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-            # its own session: a Ctrl-C in the terminal reaches the replay only, which stops the worker in order
-            start_new_session=True,
-        )
+def _make_dir(path: str) -> None:
+    Path(path).mkdir(parents=True, exist_ok=True)
 
 
-async def _stop_worker(proc: asyncio.subprocess.Process, timeout_s: float) -> None:
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGINT)
-    try:
-        await asyncio.wait_for(proc.wait(), timeout_s)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+class _Workers:
+    """The replay's worker processes: one Faust app id, so one consumer group
+    that shares the run's partitions among them. Each in its own session: a
+    Ctrl-C in the terminal reaches the replay only, which stops them in order."""
+
+    def __init__(self, settings: ReplaySettings, run_dir: Path) -> None:
+        self.settings = settings
+        self.run_dir = run_dir
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    def log_path(self, i: int) -> Path:
+        return self.run_dir / ("worker.log" if i == 0 else f"worker{i}.log")
+
+    async def start(self, env: Mapping[str, str], n: int) -> None:
+        for i in range(n):
+            wenv = dict(env)
+            if n > 1:  # Faust keeps per-worker files under its data dir
+                wenv["WORKER_DATA_DIR"] = f"{env['WORKER_DATA_DIR']}/w{i}"
+            _make_dir(wenv["WORKER_DATA_DIR"])  # Faust makes only the last level
+            with self.log_path(i).open("ab") as out:
+                self.procs.append(await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "citybrain.cli", "worker", "--log-level", self.settings.worker_log_level,
+                    env=wenv, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,
+                ))
+
+    def check(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc.returncode is not None:
+                raise ServiceError(f"replay worker exited with code {proc.returncode}; see {self.log_path(i)}")
+
+    async def stop(self) -> None:
+        live = [p for p in self.procs if p.returncode is None]
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+        for proc in live:
+            try:
+                await asyncio.wait_for(proc.wait(), self.settings.worker_stop_timeout_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
 
 
 # --- the run --------------------------------------------------------------------
@@ -519,7 +546,7 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
         progress(f"replay {req.run}: {n_readings} readings and {n_hotline} hotline events of "
                  f"{req.read_from.isoformat()} .. {req.scope.end.isoformat()} into {topics.prefix}* "
                  f"({partitions} partitions)")
-        proc: asyncio.subprocess.Process | None = None
+        workers = _Workers(settings, run_dir)
         collector = _AlertCollector(settings.kafka_bootstrap_servers, topics.alerts)
         status = "failed"
         try:
@@ -532,19 +559,18 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
             await wait_for_leaders(settings.kafka_bootstrap_servers, [topics.readings, topics.hotline, topics.alerts])
             await collector.start()
             env = worker_env(base_env, settings, req, partitions, run_dir / "faust")
-            proc = await _start_worker(settings, env, run_dir / "worker.log")
-            pub_s = await _publish(settings, conn, req, topics, partitions, n_readings + n_hotline, out, stop, proc,
-                                   progress)
+            await workers.start(env, settings.workers)
+            pub_s = await _publish(settings, conn, req, topics, partitions, n_readings + n_hotline, out, stop,
+                                   workers, progress)
             out.publish_s = pub_s
-            caught_up = await _catch_up(settings, req, topics, partitions, n_readings, collector, out, stop, proc,
+            caught_up = await _catch_up(settings, req, topics, partitions, n_readings, collector, stop, workers,
                                         progress)
             out.detect_s = caught_up - t0
             status = "done"
         except Interrupted:
             status = "interrupted"
         finally:
-            if proc is not None:
-                await _stop_worker(proc, settings.worker_stop_timeout_s)
+            await workers.stop()
             await collector.stop()
             out.status = status
             if not req.keep:
@@ -626,7 +652,7 @@ class _Batches:
 
 async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: ReplayRequest, topics: Topics,
                    partitions: int, total: int, out: ReplayOutcome, stop: asyncio.Event,
-                   proc: asyncio.subprocess.Process, progress: Progress) -> float:
+                   workers: _Workers, progress: Progress) -> float:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
                                 enable_idempotence=True, linger_ms=20, max_batch_size=512 * 1024,
                                 request_timeout_ms=60000)
@@ -654,9 +680,7 @@ async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: Repl
                 if n % settings.fetch_batch == 0:
                     if stop.is_set():
                         raise Interrupted
-                    if proc.returncode is not None:
-                        raise ServiceError(f"replay worker exited with code {proc.returncode}; "
-                                           f"see {out.run_dir / 'worker.log'}")
+                    workers.check()
                     elapsed = time.monotonic() - t0
                     if elapsed - last_report >= 1.0:
                         last_report = elapsed
@@ -678,8 +702,8 @@ async def _sleep_or_stop(seconds: float, stop: asyncio.Event) -> None:
 
 
 async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics, partitions: int, n_readings: int,
-                    collector: _AlertCollector, out: ReplayOutcome, stop: asyncio.Event,
-                    proc: asyncio.subprocess.Process, progress: Progress) -> float:
+                    collector: _AlertCollector, stop: asyncio.Event, workers: _Workers,
+                    progress: Progress) -> float:
     """Until the worker has committed every replayed reading and no alert came
     for `quiet_s` (its silence sweep runs on a timer, after the last reading).
     Returns the monotonic time it caught up (before the quiet wait)."""
@@ -695,9 +719,7 @@ async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics
             while True:
                 if stop.is_set():
                     raise Interrupted
-                if proc.returncode is not None:
-                    raise ServiceError(f"replay worker exited with code {proc.returncode}; "
-                                       f"see {out.run_dir / 'worker.log'}")
+                workers.check()
                 done, ahead = await _worker_lag(admin, consumer, app_id(req.run), watched, partitions)
                 t = time.monotonic()
                 if (done, ahead) != last_seen:
@@ -714,7 +736,7 @@ async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics
                     caught_up_at = None
                     if t - last_progress_at > settings.stall_timeout_s:
                         raise ServiceError(f"replay worker made no progress for {settings.stall_timeout_s:.0f} s "
-                                           f"({ahead} records behind); see {out.run_dir / 'worker.log'}")
+                                           f"({ahead} records behind); see {workers.log_path(0)}")
                 await _sleep_or_stop(0.5, stop)
     finally:
         await consumer.stop()

@@ -16,9 +16,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import asyncpg
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from citybrain.errors import ConfigError
+from citybrain.errors import ConfigError, ServiceError
 from schemas.common import now_utc
 from storage.replay_diff import Scope, check_run, new_run_id, parse_range, parse_speed, render_table
 
@@ -62,6 +64,8 @@ def _settings(args: argparse.Namespace) -> ReplaySettings:
     overrides: dict[str, Any] = {"db_schema": args.schema} if args.schema else {}
     if getattr(args, "partitions", None):
         overrides["partitions"] = args.partitions
+    if getattr(args, "workers", None):
+        overrides["workers"] = args.workers
     try:
         return ReplaySettings(**overrides)  # type: ignore[call-arg]  # the rest from the environment
     except ValidationError as exc:
@@ -106,6 +110,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     rules = Path(args.rules).resolve() if args.rules else None
     if args.partitions is not None and not 1 <= args.partitions <= 64:
         raise ConfigError(f"--partitions {args.partitions} is not 1..64")
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        raise ConfigError(f"--workers {args.workers} is not 1..64")
     if rules is not None and not rules.is_file():
         raise ConfigError(f"rules file {args.rules} does not exist")
     if rules is not None:
@@ -122,9 +128,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                         json_path=Path(args.json) if args.json else None)
     progress = StderrProgress(quiet=args.quiet)
     env = dict(os.environ)
-    out = _run_with_sigint(
-        lambda stop: run_replay(settings, req, stop=stop, base_env=env, now=now_utc, progress=progress)
-    )
+    try:
+        out = _run_with_sigint(
+            lambda stop: run_replay(settings, req, stop=stop, base_env=env, now=now_utc, progress=progress)
+        )
+    except (asyncpg.PostgresError, OSError, KafkaError) as exc:
+        raise ServiceError(f"replay {run} failed: {type(exc).__name__}: {exc}") from exc
     if out.status == "interrupted":
         kept = "kept" if req.keep else "removed"
         print(f"replay {run} interrupted after {out.readings} readings; its topics were {kept}", file=sys.stderr)
@@ -192,6 +201,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", help="run id (default: time + random suffix)")
     p.add_argument("--partitions", type=int, help="partitions of the replay topics (default: as many as the live "
                    "readings topic has; give the recording's count when it came from another prefix)")
+    p.add_argument("--workers", type=int, help="worker processes sharing the partitions (default 1; more is "
+                   "faster on several cores, but see the README on multi-partition determinism)")
     p.add_argument("--schema", help="storage schema to read (default $REPLAY_DB_SCHEMA or public)")
     p.add_argument("--fail-on-diff", action="store_true", help="exit 1 when the diff is not empty")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
