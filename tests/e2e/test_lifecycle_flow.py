@@ -346,7 +346,8 @@ async def test_flood_of_concurrent_readings_makes_one_alert(
         pub = MqttPublisher(mqtt_publish_url, f"test-flood-{run}-{k}")
         try:
             for i in range(per_thread):
-                r = water(run, "flooded", k * per_thread + i, 3.8 + 0.001 * i)
+                # orange and red in turns: the detector updates the alert many times, concurrently
+                r = water(run, "flooded", k * per_thread + i, 3.8 if (i // 5) % 2 == 0 else 4.3)
                 pub.publish(f"city/sensors/{r['sensor_id']}", json.dumps(r).encode())
                 if i % 5 == 0:  # and redeliveries of the same reading
                     pub.publish(f"city/sensors/{r['sensor_id']}", json.dumps(r).encode())
@@ -369,6 +370,7 @@ async def test_flood_of_concurrent_readings_makes_one_alert(
     assert alerts
     assert len({a["alert_id"] for a in alerts}) == 1, "one open alert per (rule, subject)"
     revs = [a["revision"] for a in alerts]
+    assert len(revs) > 1, "the flood updated the alert"
     assert len(revs) == len(set(revs)), "no duplicate revisions"
     assert max(a["count"] for a in alerts) <= n_threads * per_thread
     stored = await pipeline.wait_db("SELECT alert_id FROM alerts WHERE subject = $1", subject,
@@ -430,4 +432,41 @@ async def test_emergency_mode_routes_ema_and_is_recorded_in_the_evidence(
     dispatched = datetime.fromisoformat(lc["last"]["at"])
     window = (datetime.fromisoformat(lc["ack_by"]) - dispatched).total_seconds()
     assert window == pytest.approx(3, abs=0.01), "the emergency profile halves the 6 s acknowledge window"
+    pipeline.sup.check_alive()
+
+
+async def test_lifecycle_state_survives_a_killed_worker(pipeline: Pipeline, publisher: MqttPublisher) -> None:
+    run = pipeline.run
+    subject = f"lc-{run}-culvert"
+    send_levels(publisher, run, "culvert", [3.8, 3.8, 3.8])  # orange: a long SLA, nothing due during the test
+    msgs = await pipeline.consume(pipeline.topics.alerts, lambda got: bool(alerts_of(got, subject)), timeout=60)
+    aid = alerts_of(msgs, subject)[0]["alert_id"]
+    await send_actions(pipeline, [action(aid, "ack", WATER)])
+    msgs = await pipeline.consume(pipeline.topics.alerts, lambda got: any(
+        a["status"] == "acknowledged" for a in alerts_of(got, subject)), timeout=30)
+    acked = next(a for a in alerts_of(msgs, subject) if a["status"] == "acknowledged")
+    await asyncio.sleep(4)  # the changelog record and the offsets are on the broker
+
+    pipeline.sup.kill("worker")  # SIGKILL: no clean shutdown
+    pipeline.sup.restart("worker")
+    deadline = time.monotonic() + 120
+    while worker_log(pipeline).count("[^Worker]: Ready") < 2 and time.monotonic() < deadline:
+        pipeline.sup.check_alive()
+        await asyncio.sleep(0.5)
+    assert worker_log(pipeline).count("[^Worker]: Ready") >= 2, "the worker restarted"
+    second_run = worker_log(pipeline).split("[^Worker]: Ready", 1)[1]
+    recovered = re.search(r"lifecycle: (\d+) alerts with a pending timer after recovery", second_run)
+    assert recovered and int(recovered.group(1)) >= 1, "the due-time index was rebuilt from the changelog"
+
+    more = [water(run, "culvert", 10 + i, 4.3) for i in range(3)]  # red now: a new detection revision
+    for r in more:
+        r["ts"] = datetime.now(UTC).isoformat()
+        publisher.publish(f"city/sensors/{r['sensor_id']}", json.dumps(r).encode())
+    msgs = await pipeline.consume(pipeline.topics.alerts, lambda got: any(
+        a["revision"] > acked["revision"] for a in alerts_of(got, subject)), timeout=90)
+    later = [a for a in alerts_of(msgs, subject) if a["revision"] > acked["revision"]]
+    assert later, "the condition continues after the restart"
+    assert {a["alert_id"] for a in later} == {aid}, "the same alert, not a new one"
+    assert all(a["status"] == "acknowledged" for a in later), "the acknowledgement survived the kill"
+    assert later[0]["revision"] == acked["revision"] + 1
     pipeline.sup.check_alive()
