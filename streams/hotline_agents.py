@@ -248,17 +248,32 @@ class KpiCore:
         self.store = store
 
     def apply(self, scope: str, fact: KpiFact, partition: int) -> tuple[kpi.KpiSnapshot | None, bytes | None]:
-        if fact.kind not in kpi.KINDS:
-            raise InvalidRecord("invalid_kpi_fact", f"unknown kind {fact.kind!r}")
-        key = scope.encode()
-        prev = _load(self.store, key)
-        new, snap = kpi.apply(prev, scope, fact)
-        if snap is None:
-            return None, None  # redelivered fact
-        new["p"] = partition
-        body = orjson.dumps(new)
-        self.store[key] = body
-        return snap, body
+        snaps, changed = self.apply_batch([(scope, fact, partition)])
+        return (snaps[0] if snaps else None), (changed[scope.encode()][1] if changed else None)
+
+    def apply_batch(self, items: list[tuple[str, KpiFact, int]]
+                    ) -> tuple[list[kpi.KpiSnapshot], dict[bytes, tuple[int, bytes]]]:
+        """A batch of facts: the latest snapshot per (scope, period) that changed,
+        and each changed scope's state written once (key -> (partition, bytes))."""
+        states: dict[bytes, tuple[int, dict[str, Any]]] = {}
+        latest: dict[tuple[str, str], kpi.KpiSnapshot] = {}
+        for scope, fact, partition in items:
+            if fact.kind not in kpi.KINDS:
+                raise InvalidRecord("invalid_kpi_fact", f"unknown kind {fact.kind!r}")
+            key = scope.encode()
+            held = states.get(key)
+            new, snap = kpi.apply(held[1] if held else _load(self.store, key), scope, fact)
+            if snap is None:
+                continue  # redelivered fact
+            states[key] = (partition, new)
+            latest[(snap.scope, snap.period)] = snap
+        changed: dict[bytes, tuple[int, bytes]] = {}
+        for key, (partition, st) in states.items():
+            st["p"] = partition
+            body = orjson.dumps(st)
+            self.store[key] = body
+            changed[key] = (partition, body)
+        return list(latest.values()), changed
 
 
 # ----------------------------------------------------------------------------- spikes and incidents
@@ -530,27 +545,40 @@ def register(ctx: WorkerContext) -> None:
     @app.agent(facts_topic, name="hotline-kpi")
     async def hotline_kpi(stream: Any) -> None:
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
-            latest: dict[tuple[str, str], kpi.KpiSnapshot] = {}
+            items: list[tuple[str, KpiFact, int]] = []
+            sources: list[Any] = []
             for event in events:
                 msg = event.message
                 try:
                     if not msg.key:
                         raise InvalidRecord("invalid_kpi_fact", "a fact without a scope key")
-                    scope = msg.key.decode()
                     fact = fact_from_json(msg.value)
-                    snap, body = kpis.apply(scope, fact, msg.partition)
-                    if body is not None:
-                        kpi_table.send_changelog(msg.partition, msg.key, body)
-                    if snap is not None:
-                        latest[(snap.scope, snap.period)] = snap
-                except InvalidRecord as exc:
-                    await ctx.dead_letter(event, exc.reason, exc.message, "kpi")
-                except Exception as exc:
-                    log.exception("kpi failed")
-                    await ctx.dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}", "kpi")
-            for (scope, _), snap in latest.items():  # one snapshot per scope and period per batch
+                    if fact.kind not in kpi.KINDS:
+                        raise InvalidRecord("invalid_kpi_fact", f"unknown kind {fact.kind!r}")
+                    items.append((msg.key.decode(), fact, msg.partition))
+                    sources.append(event)
+                except (InvalidRecord, UnicodeDecodeError) as exc:
+                    reason = exc.reason if isinstance(exc, InvalidRecord) else "invalid_kpi_fact"
+                    await ctx.dead_letter(event, reason, str(exc), "kpi")
+            try:
+                snaps, changed = kpis.apply_batch(items)
+            except Exception:  # nothing was written: find the record at fault one by one
+                log.exception("kpi batch failed; applying its facts one by one")
+                snaps, changed = [], {}
+                for event, item in zip(sources, items, strict=True):
+                    try:
+                        one, one_changed = kpis.apply_batch([item])
+                    except Exception as exc:
+                        await ctx.dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}", "kpi")
+                        continue
+                    snaps += one
+                    changed.update(one_changed)
+            for key, (partition, body) in changed.items():  # each scope's state once per batch
+                kpi_table.send_changelog(partition, key, body)
+            for snap in snaps:
                 # explicit nulls: a rate with an empty denominator is None, not absent
-                await kpi_topic.send(key=scope.encode(), value=snap.as_record().model_dump_json().encode(), force=True)
+                await kpi_topic.send(key=snap.scope.encode(), value=snap.as_record().model_dump_json().encode(),
+                                     force=True)
 
     @app.agent(alerts_in, name="incident-alerts")
     async def incident_alerts(stream: Any) -> None:

@@ -18,7 +18,11 @@ join, never start an incident (a traffic slowdown joins a flood; on its own
 it is not a flood). An incident is published once it has `min_members`
 members; its severity is the highest member's (a ticket counts as IV, an
 urgent one as III); it is `open` while any member is active, `resolved` when
-all are resolved/cleared/closed, `closed` after `close_after` without news.
+all are resolved/cleared/closed, `closed` after `close_after` without news
+(open ones after `max_span` without news). An incident takes no more members
+once it has `max_members` or is older than `max_span`: the next item starts a
+new one, so a long complaint season is a series of incidents, not one
+without end.
 The incident_id is stable_id(group, area, first member, first time): the
 same input order gives the same ids. A member already linked is updated in
 place (idempotent under redelivery).
@@ -68,6 +72,10 @@ class IncidentPolicy:
     window_s: float = 2 * 3600
     radius_km: float = 3.0
     min_members: int = 2
+    # an incident stops taking members at this size or age: a long complaint
+    # season becomes a series of incidents, and the state per district stays small
+    max_members: int = 200
+    max_span_s: float = 24 * 3600
     close_after_s: float = 2 * 3600
     ticket_severity: Mapping[str, Severity] = field(
         default_factory=lambda: {"normal": Severity.IV, "urgent": Severity.III}
@@ -76,7 +84,8 @@ class IncidentPolicy:
     @classmethod
     def from_yaml(cls, node: Any, where: Where, line: int) -> IncidentPolicy:
         m = where.mapping(node, line, "incidents",
-                          ("groups", "window", "radius_km", "min_members", "close_after", "ticket_severity"))
+                          ("groups", "window", "radius_km", "min_members", "max_members", "max_span", "close_after",
+                           "ticket_severity"))
         kw: dict[str, Any] = {}
         if "groups" in m:
             g = where.mapping(m["groups"], m.line_of("groups"), "incidents: groups")
@@ -90,7 +99,7 @@ class IncidentPolicy:
                     if "join" in gm else frozenset()
                 groups.append(Group(kind, starters, joiners))
             kw["groups"] = tuple(groups)
-        for key, attr in (("window", "window_s"), ("close_after", "close_after_s")):
+        for key, attr in (("window", "window_s"), ("close_after", "close_after_s"), ("max_span", "max_span_s")):
             if key in m:
                 kw[attr] = where.duration_s(m[key], m.line_of(key), f"incidents: {key}")
         if "radius_km" in m:
@@ -103,6 +112,11 @@ class IncidentPolicy:
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 raise where.err(m.line_of("min_members"), f"incidents: min_members must be an integer >= 1, got {n!r}")
             kw["min_members"] = n
+        if "max_members" in m:
+            n = m["max_members"]
+            if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+                raise where.err(m.line_of("max_members"), f"incidents: max_members must be an integer >= 2, got {n!r}")
+            kw["max_members"] = n
         if "ticket_severity" in m:
             ts = where.mapping(m["ticket_severity"], m.line_of("ticket_severity"), "incidents: ticket_severity",
                                ("normal", "urgent"))
@@ -191,10 +205,12 @@ class IncidentCorrelator:
         if not item.active:
             return st, []  # an already finished item starts or joins nothing
         horizon = (item.ts - timedelta(seconds=self.policy.window_s)).isoformat()
+        born_after = (item.ts - timedelta(seconds=self.policy.max_span_s)).isoformat()
         best = None
         for cid in sorted(st["incidents"]):
             inc = st["incidents"][cid]
             if inc["kind"] == group.kind and inc["status"] != "closed" and inc["last_seen"] >= horizon \
+                    and inc["first_seen"] >= born_after and len(inc["members"]) < self.policy.max_members \
                     and self._near(inc, item):
                 best = cid
                 break
@@ -244,7 +260,8 @@ class IncidentCorrelator:
         )  # fmt: skip
 
     def tick(self, state: dict[str, Any] | None, now: datetime) -> tuple[dict[str, Any] | None, list[Incident]]:
-        """Close incidents resolved for `close_after`; drop unpublished ones past the window."""
+        """Close incidents resolved for `close_after`, and open ones without news for
+        `max_span`; drop unpublished ones past the window."""
         if not state:
             return state, []
         st = copy.deepcopy(state)
@@ -256,6 +273,13 @@ class IncidentCorrelator:
                 drop = (now - datetime.fromisoformat(inc["last_seen"])).total_seconds() > self.policy.window_s
             elif inc["status"] == "resolved" and inc["quiet_since"] and \
                     (now - datetime.fromisoformat(inc["quiet_since"])).total_seconds() >= self.policy.close_after_s:
+                inc["status"] = "closed"
+                inc["rev"] += 1
+                out.append(self.incident(iid, inc))
+                drop = True
+            elif (now - datetime.fromisoformat(inc["last_seen"])).total_seconds() >= self.policy.max_span_s:
+                # no news for a day although a member is still open (a ticket nobody closed):
+                # the incident is over; its members' own lifecycles go on
                 inc["status"] = "closed"
                 inc["rev"] += 1
                 out.append(self.incident(iid, inc))

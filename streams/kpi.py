@@ -29,7 +29,7 @@ Partitioning: ONE STATE PER SCOPE. The agent sends each fact to every scope in
 State::
 
     {"periods": {"2025-07": {"response": [ok, n], "resolution": [ok, n], "satisfaction": [ok, n]}},
-     "seen": [fact ids, bounded],     # at-least-once redelivery dedupe (recent ids only)
+     "seen": [fact id prefixes, bounded],  # at-least-once redelivery dedupe (recent ids only)
      "rev": facts counted}
 """
 
@@ -43,7 +43,11 @@ from typing import Any
 from schemas.tickets import KpiRecord
 from streams.hotline_workflow import KpiFact
 
-SEEN_MAX = 4096
+# Duplicates come from redelivery of a batch not yet committed (a crash), so the
+# recent facts of a scope are enough; ids are kept as 64-bit prefixes (the state
+# is written to the changelog on every batch, it has to stay small).
+SEEN_MAX = 2048
+SEEN_CHARS = 18  # "k-" + 16 hex digits of the fact id's hash
 PERIODS_MAX = 13
 KINDS = ("response", "resolution", "satisfaction")
 
@@ -86,7 +90,8 @@ def apply(state: dict[str, Any] | None, scope: str, fact: KpiFact) -> tuple[dict
         {"periods": copy.deepcopy(state["periods"]), "seen": list(state["seen"]), "rev": int(state.get("rev", 0))}
         if state else {"periods": {}, "seen": [], "rev": 0}
     )
-    if fact.fact_id in st["seen"]:
+    fid = fact.fact_id[:SEEN_CHARS]
+    if fid in st["seen"]:
         return st, None
     p = st["periods"].setdefault(fact.period, {k: [0, 0] for k in KINDS})
     c = p[fact.kind]
@@ -95,7 +100,7 @@ def apply(state: dict[str, Any] | None, scope: str, fact: KpiFact) -> tuple[dict
         c[0] += int(fact.ok)
     else:  # a replaced verdict for a ticket already counted
         c[0] += int(fact.ok) - int(fact.prev_ok)
-    st["seen"] = [*st["seen"], fact.fact_id][-SEEN_MAX:]
+    st["seen"] = [*st["seen"], fid][-SEEN_MAX:]
     st["rev"] += 1
     if len(st["periods"]) > PERIODS_MAX:
         for old in sorted(st["periods"])[:-PERIODS_MAX]:

@@ -129,3 +129,19 @@ def test_area_core_spike_once_per_call_and_incidents_per_district() -> None:
     assert list(incidents) == [b"chaoyang"] and out.changed and out.changed[0][0] == AreaCore.INCIDENTS
     # nothing new when the same alert revision comes again
     assert core.alert(alert("noise", "noise", "ns-1", 8, Severity.III), 3).incidents == []
+
+
+def test_an_incident_stops_growing_at_its_size_or_age_and_closes_without_news() -> None:
+    from streams.incidents import IncidentPolicy
+
+    c = IncidentCorrelator(IncidentPolicy(max_members=3, max_span_s=3600))
+    st: dict[str, Any] | None = None
+    ids = []
+    for i in range(7):  # a complaint every 10 minutes in one street
+        st, out = c.step(st, ticket(f"n{i}", 10 * i, "noise", WANGJING))
+        ids += [x.incident_id for x in out]
+    assert st is not None
+    sizes = sorted(len(inc["members"]) for inc in st["incidents"].values())
+    assert sizes == [1, 3, 3] and len(set(ids)) == 2  # the seventh waits for a partner
+    st, closed = c.tick(st, T0 + timedelta(minutes=85))  # the first (last news at 20 min) is over
+    assert [x.status for x in closed] == ["closed"] and closed[0].ticket_ids == ("n0", "n1", "n2")
