@@ -303,20 +303,28 @@ async def list_replay_topics(bootstrap: str) -> dict[str, list[str]]:
     return out
 
 
-async def delete_run_kafka(bootstrap: str, run: str) -> list[str]:
-    """Remove a run's topics and its worker's consumer group; returns the topics removed."""
+async def delete_run_kafka(bootstrap: str, run: str, rounds: int = 3) -> list[str]:
+    """Remove a run's topics and its worker's consumer group; returns the topics
+    removed. A few rounds: a worker that was still starting when it was
+    stopped may have made a topic (its control topic) after the first listing."""
     prefixes = run_topic_prefixes(run)
+    removed: list[str] = []
     async with _admin(bootstrap) as admin:
-        doomed = [t for t in await admin.list_topics() if t.startswith(prefixes)]
-        if doomed:
+        for n in range(rounds):
+            doomed = [t for t in await admin.list_topics() if t.startswith(prefixes)]
+            if not doomed:
+                break
             await admin.delete_topics(doomed)
+            removed += [t for t in doomed if t not in removed]
+            if n + 1 < rounds:
+                await asyncio.sleep(1)
         try:
             # aiokafka's admin has no delete_consumer_groups yet: the protocol request, sent to the coordinator
             coordinator = await admin.find_coordinator(app_id(run))
             await admin._send_request(DeleteGroupsRequest([app_id(run)]), coordinator)
         except KafkaError as exc:  # an unknown or still-active group: Kafka expires it after its retention
             log.info("consumer group %s not deleted: %s", app_id(run), exc)
-    return doomed
+    return removed
 
 
 async def _worker_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, group: str, topics: list[str],

@@ -33,6 +33,7 @@ import asyncpg
 import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
@@ -338,6 +339,7 @@ async def test_replay_topics_keys_order_keep_list_clean_and_ctrl_c(
     assert cleaned.returncode == 0, cleaned.stderr
     assert f"replay {run}: {len(topics[run])} topics removed" in cleaned.stdout
     assert run not in await _wait_topics_gone(kafka_bootstrap, run)
+    assert f"citybrain-replay-{run}" not in await _groups(kafka_bootstrap), "the worker's consumer group is gone"
     assert not (tmp_path / "replay" / run / "faust").exists()
     assert (tmp_path / "replay" / run / "diff.json").exists(), "the diff outlives the clean"
 
@@ -369,6 +371,15 @@ async def test_replay_topics_keys_order_keep_list_clean_and_ctrl_c(
     (row,) = await _fetch(database_url, replay_schema, "SELECT status FROM replay_runs WHERE run_id = $1", slow_run)
     assert row["status"] == "interrupted"
     assert slow_run not in await _wait_topics_gone(kafka_bootstrap, slow_run)
+
+
+async def _groups(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return {g[0] for g in await admin.list_consumer_groups()}
+    finally:
+        await admin.close()
 
 
 async def _wait_topics_gone(bootstrap: str, run: str, timeout: float = 60) -> dict[str, list[str]]:
