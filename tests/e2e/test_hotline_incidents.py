@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,10 +27,17 @@ H = timedelta(hours=1)
 D = timedelta(days=1)
 
 
+# MQTT topics of this module only: the connector must not ingest whatever else
+# is published to the shared broker (a simulator or a benchmark of another run)
+TOKEN = uuid.uuid4().hex[:8]
+
+
 @pytest.fixture
 def pipeline_env() -> dict[str, str]:
-    # deadline and incident ticks every second instead of every ten
-    return {"WORKER_TICK_EVERY_S": "1"}
+    return {
+        "WORKER_TICK_EVERY_S": "1",  # deadline and incident ticks every second instead of every ten
+        "CONNECTOR_SUBSCRIPTIONS": json.dumps([f"city/sensors/{TOKEN}/#", f"city/hotline/{TOKEN}/#"]),
+    }
 
 
 class Hotline:
@@ -265,11 +273,11 @@ async def test_flood_complaints_and_water_level_alerts_form_one_incident(
         call = {"event_id": f"{tid}-c", "ticket_id": tid, "kind": "created", "category": "flooding",
                 "ts": (now - timedelta(minutes=6 - i)).isoformat(), "location": WANGJING,
                 "description": "地下通道积水", "caller_name": "张三", "caller_phone": "13800000000"}
-        publisher.publish(f"city/hotline/{tid}", json.dumps(call).encode())
+        publisher.publish(f"city/hotline/{TOKEN}/{tid}", json.dumps(call).encode())
     # a water-level gauge in the same street over its warning level, past the midway to guarantee (II)
     for i in range(8):
         r = water_reading(run, i, 3.7 + 0.01 * i, now - timedelta(seconds=30 * (8 - i)))
-        publisher.publish(f"city/sensors/wl-{run}", json.dumps(r).encode())
+        publisher.publish(f"city/sensors/{TOKEN}/wl-{run}", json.dumps(r).encode())
 
     def flood(msgs: list[Any]) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in latest_by_key(msgs).items() if v["kind"] == "flood"}
