@@ -276,21 +276,23 @@ def tick(
         if dl is None:
             continue
         if now >= dl:
+            # dated at the deadline, not at the tick: how late a tick runs (a timer
+            # interval live, the interleaving of partitions in replay) changes nothing
             reason = (f"not {'acknowledged' if name == 'ack' else 'resolved'} by {dl.isoformat()} "
                       f"at rung {RUNG_NAMES[t['rung']]}")
-            new, dept = escalate(t, now, location, registry, sla, reason, acked=t.get("ack_by") is None)
+            new, dept = escalate(t, dl, location, registry, sla, reason, acked=t.get("ack_by") is None)
             if dept is None:
                 t[key] = None
-                notices.append(Notice("overdue", alert_id, now, name, reason + " (top of the ladder)",
+                notices.append(Notice("overdue", alert_id, dl, name, reason + " (top of the ladder)",
                                       tuple(departments), t["rung"]))
             else:
                 t = new
-                notices.append(Notice("escalated", alert_id, now, name, reason, (*departments, dept), t["rung"], dept))
+                notices.append(Notice("escalated", alert_id, dl, name, reason, (*departments, dept), t["rung"], dept))
             break
         remind_at = since + (dl - since) * remind_fraction
         if now >= remind_at and t[key] not in t.get("reminded", []):
             t["reminded"] = [*t.get("reminded", []), t[key]][-8:]
-            notices.append(Notice("reminder", alert_id, now, name,
+            notices.append(Notice("reminder", alert_id, remind_at, name,
                                   f"{'acknowledge' if name == 'ack' else 'resolve'} by {dl.isoformat()}",
                                   tuple(departments), t["rung"]))
     return t, notices

@@ -213,6 +213,19 @@ class Lifecycle:
         new = self.table.route_query(query_for_alert(alert))
         st["routed"] = list(dict.fromkeys([*st["routed"], *new]))
 
+    def _raised_at(self, st: dict[str, Any], det: Severity, target: Severity) -> datetime:
+        """When persistence lifted `det` to `target` (dates the raise at its due
+        time, not at the tick that noticed it)."""
+        at, sev = datetime.fromisoformat(st["det"]["since"]), det
+        while sev.rank < target.rank:
+            r = next((x for x in self.policy.escalation.raises
+                      if x.from_severity is sev and x.applies(st["alert"]["category"])), None)
+            if r is None:
+                break
+            at += timedelta(seconds=r.after_s)
+            sev = Severity.from_rank(sev.rank + 1)
+        return at
+
     def _raise(self, st: dict[str, Any], now: datetime) -> Notice | None:
         det = Severity(st["det"]["severity"])
         sev, _ = esc.raised_severity(det, datetime.fromisoformat(st["det"]["since"]), now, st["alert"]["category"],
@@ -222,6 +235,7 @@ class Lifecycle:
             return None
         st["severity"] = sev.value
         if sev.rank > cur.rank:
+            now = min(now, self._raised_at(st, det, sev))
             before = set(self.departments(st))
             self._route(st)
             if st.get("timers"):
@@ -409,11 +423,11 @@ class Lifecycle:
                 if n.kind == "escalated" and n.added_department:
                     st["added"] = [*st["added"], n.added_department]
                     st["removed"] = [d for d in st["removed"] if d != n.added_department]
-                    self._history(st, now, "system", None, "escalate", esc.RUNG_NAMES[before["rung"]],
+                    self._history(st, n.at, "system", None, "escalate", esc.RUNG_NAMES[before["rung"]],
                                   esc.RUNG_NAMES[timers["rung"]], note=n.reason)
                     changed = True
                 elif n.kind == "overdue":
-                    self._history(st, now, "system", None, "overdue", st["status"], st["status"], note=n.reason)
+                    self._history(st, n.at, "system", None, "overdue", st["status"], st["status"], note=n.reason)
                     changed = True
             step.notices.extend(notices)
             changed = changed or timers != before

@@ -204,11 +204,19 @@ def register(ctx: WorkerContext) -> None:
                 try:
                     if msg.key is None:
                         raise ValueError("a record without a key (alert_id)")
+                    # a record is applied at its own event time (a detection's last_seen, an
+                    # action's ts), live and in replay: SLA clocks start when the condition was
+                    # seen, and a replay, whose worker-wide event clock depends on how its
+                    # partitions interleave, dispatches and escalates exactly as live did
+                    ts = orjson.loads(msg.value).get("last_seen" if kind == "detected" else "ts")
+                    at = datetime.fromisoformat(ts) if isinstance(ts, str) else ctx.clock.now()
                     if ctx.clock.kind == "event":
-                        ts = orjson.loads(msg.value).get("last_seen" if kind == "detected" else "ts")
-                        if isinstance(ts, str):
-                            ctx.clock.observe(datetime.fromisoformat(ts))
-                    outcome, body = core.apply(kind, msg.key, msg.value, ctx.clock.now(), msg.partition)
+                        ctx.clock.observe(at)
+                        # timers due before this record fire before it, whatever else ran ahead
+                        for key, partition, due, due_body in core.tick(at, owned):
+                            table.send_changelog(partition, key, due_body, value_serializer="raw")
+                            await emit(due)
+                    outcome, body = core.apply(kind, msg.key, msg.value, at, msg.partition)
                 except (ValidationError, ValueError, orjson.JSONDecodeError) as exc:
                     text = exc.errors(include_url=False)[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
                     await ctx.dead_letter(event, f"invalid_{'alert' if kind == 'detected' else 'action'}",

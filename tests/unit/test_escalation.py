@@ -109,6 +109,25 @@ def test_replay_escalates_exactly_as_live() -> None:
     assert run() == run()
 
 
+def test_escalations_do_not_depend_on_how_often_or_late_the_timer_ticks() -> None:
+    """Live ticks every second, a replay's event clock jumps with the slowest
+    partition: the same alert must end with the same escalations and history."""
+
+    def run(tick_minutes: list[float]) -> tuple[Any, ...]:
+        lc = lifecycle()
+        st, _ = lc.on_alert(None, noise_alert(), at(0))
+        for m in tick_minutes:
+            st, _ = lc.tick(st, at(m))
+        # a reminder is only worth sending before its deadline: whether one went out is the tick's business
+        timers = {k: v for k, v in st["timers"].items() if k != "reminded"}
+        return (timers, st["history"], sorted(lc.departments(st)))
+
+    often = run([m / 2 for m in range(0, 200)])
+    late = run([31, 64, 99.5])  # each tick well past a deadline
+    assert often == late
+    assert [e["at"] for e in often[0]["escalations"]] == [at(30).isoformat(), at(60).isoformat()]
+
+
 def test_alert_without_street_starts_at_the_owner_and_goes_to_the_district() -> None:
     lc = lifecycle()
     st, step = lc.on_alert(None, noise_alert(street=None), at(0))
