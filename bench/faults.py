@@ -406,7 +406,7 @@ async def run_case(case: Case, cfg: Settings, stack: PrivateStack, services: dic
             last["lag"] = [await lag.lag(group, tps) for group, tps in groups]
             return bool(last["fresh"]) and last["lag"] == [0, 0]
 
-        waited = await wait_for(recovered, cfg.recovery_timeout_s)
+        waited = await wait_for(recovered, cfg.recovery_timeout_s, every=0.5)
         recovery = None if waited is None else round(time.monotonic() - c.t_end_mono, 1)
         if recovery is None:
             c.notes["not_recovered"] = {"rows_fresh": last.get("fresh"), "lag_worker_writer": last.get("lag")}
@@ -451,6 +451,7 @@ async def run_case(case: Case, cfg: Settings, stack: PrivateStack, services: dic
             load.stop()
             load.close()
         await lag.close()
+        await db.close()
         await asyncio.to_thread(sup.stop_all)
     result["passed"] = passed(result, cfg.max_recovery_s)
     return result

@@ -212,15 +212,25 @@ def writer_tps(topics: Topics, partitions: int = 4) -> list[TopicPartition]:
 
 
 class Db:
+    """One connection, re-opened after a failure (the database may have been stopped)."""
+
     def __init__(self, url: str) -> None:
         self.url = url
+        self._conn: asyncpg.Connection | None = None
 
     async def fetch(self, sql: str, *args: Any, timeout: float = 10) -> list[Any]:
-        conn = await asyncpg.connect(self.url, timeout=timeout)
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self.url, timeout=timeout)
         try:
-            return list(await conn.fetch(sql, *args, timeout=timeout))
-        finally:
-            await conn.close()
+            return list(await self._conn.fetch(sql, *args, timeout=timeout))
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
 
     async def try_fetch(self, sql: str, *args: Any) -> list[Any] | None:
         try:

@@ -12,9 +12,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 QUICK_CASES = {"connector_kill9", "worker_kill9", "postgres_immediate", "poison"}
 
 
+@pytest.mark.timeout(1500)  # four cases, each with its own pipeline, on a private stack it starts itself
 def test_fault_matrix_quick_loses_nothing_and_duplicates_nothing() -> None:
     cmd = [sys.executable, "-m", "bench.faults", "--quick", "--max-recovery-s", "180", "--recovery-timeout-s", "180"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -24,6 +27,10 @@ def test_fault_matrix_quick_loses_nothing_and_duplicates_nothing() -> None:
         proc.terminate()  # SIGTERM: the bench stops its private stack before exiting
         stdout, stderr = proc.communicate(timeout=180)
         raise AssertionError(f"bench.faults --quick hung; output so far:\n{stdout}\n{stderr[-3000:]}") from None
+    finally:
+        if proc.poll() is None:  # interrupted some other way: still let it stop its stack
+            proc.terminate()
+            proc.wait(timeout=180)
     out = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     lines = out.stdout.strip().splitlines()
     assert lines, f"no output; stderr:\n{out.stderr[-3000:]}"
