@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
@@ -31,10 +32,12 @@ def pipeline_topics(topics: Topics, partitions: int) -> dict[str, int]:
     }
 
 
-async def ensure_topics(bootstrap: str, wanted: dict[str, int], timeout_s: float = 60) -> None:
+async def ensure_topics(bootstrap: str, wanted: dict[str, int], timeout_s: float = 60,
+                        client_kwargs: dict[str, Any] | None = None) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000,
+                                    **(client_kwargs or {}))  # SASL / TLS: citybrain.kafka_security
         try:
             await admin.start()
             existing = set(await admin.list_topics())

@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from citybrain.dlq import dlq_headers
 from citybrain.errors import ConfigError, RejectedPayload
+from citybrain.kafka_security import KafkaSecurity
 from citybrain.partitioner import CachedKeyPartitioner
 from citybrain.topics import Topics
 from connectors.base import DecodeContext, Route, pick_decoder
@@ -53,6 +54,8 @@ class MqttKafkaSettings(BaseSettings):
     # CA for an mqtts:// URL (CONNECTOR_MQTT_CA_FILE); default: the system's trust store
     mqtt_ca_file: str | None = None
     kafka_bootstrap_servers: str = Field(validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    # KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_*: SASL as the `connector` principal (citybrain.kafka_security)
+    kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity)
     client_id: str = "citybrain-connector"
     subscriptions: tuple[str, ...] = (
         "city/sensors/#",
@@ -141,6 +144,7 @@ class MqttKafkaConnector:
             compression_type=s.compression,
             request_timeout_ms=30000,
             client_id=f"{s.client_id}-producer",
+            **s.kafka_security.aiokafka_kwargs(),
             partitioner=CachedKeyPartitioner(),
         )
         await self._start_producer()

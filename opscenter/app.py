@@ -179,10 +179,11 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
         st.tokens = TokenStore(st.pool, settings.token_cache_s)
         await st.tokens.ensure_table()
         if kafka:
-            st.publisher = Publisher(settings.kafka_bootstrap_servers, settings.client_id)
+            kw = settings.kafka_security.aiokafka_kwargs()
+            st.publisher = Publisher(settings.kafka_bootstrap_servers, settings.client_id, kw)
             await st.publisher.start()
             st.hub = LiveHub(settings.kafka_bootstrap_servers, settings.topics, settings.mode_topic,
-                             settings.client_id, settings.feed_queue)
+                             settings.client_id, settings.feed_queue, client_kwargs=kw)
             await st.hub.start()
         if on_ready is not None:
             await on_ready(st)

@@ -58,8 +58,10 @@ class Subscriber:
 
 
 class LiveHub:
-    def __init__(self, bootstrap: str, topics: Topics, mode_topic: str, client_id: str, queue_size: int = 1000) -> None:
+    def __init__(self, bootstrap: str, topics: Topics, mode_topic: str, client_id: str, queue_size: int = 1000,
+                 client_kwargs: dict[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
+        self.kw = client_kwargs or {}  # SASL / TLS: citybrain.kafka_security
         self.topics = topics
         self.mode_topic = mode_topic
         self.client_id = client_id
@@ -94,7 +96,7 @@ class LiveHub:
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
         from aiokafka.errors import TopicAlreadyExistsError
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id, **self.kw)
         await admin.start()
         try:
             if self.mode_topic not in set(await admin.list_topics()):
@@ -109,7 +111,8 @@ class LiveHub:
         from streams.emergency import ModeSwitch, switch
 
         c = AIOKafkaConsumer(self.mode_topic, bootstrap_servers=self.bootstrap, group_id=None,
-                             auto_offset_reset="earliest", enable_auto_commit=False, client_id=self.client_id)
+                             auto_offset_reset="earliest", enable_auto_commit=False, client_id=self.client_id,
+                             **self.kw)
         await c.start()
         try:
             parts = c.assignment()
@@ -142,7 +145,7 @@ class LiveHub:
                 self._consumer = AIOKafkaConsumer(
                     self.topics.alerts, self.topics.incidents, self.topics.actions, self.mode_topic,
                     bootstrap_servers=self.bootstrap, group_id=None, auto_offset_reset="latest",
-                    enable_auto_commit=False, client_id=self.client_id, fetch_max_wait_ms=100,
+                    enable_auto_commit=False, client_id=self.client_id, fetch_max_wait_ms=100, **self.kw,
                 )
                 await self._consumer.start()
                 # make sure partitions are assigned and positioned at the end before saying ready
@@ -215,9 +218,9 @@ class LiveHub:
 
 
 class Publisher:
-    def __init__(self, bootstrap: str, client_id: str) -> None:
+    def __init__(self, bootstrap: str, client_id: str, client_kwargs: dict[str, Any] | None = None) -> None:
         self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, acks="all",
-                                         enable_idempotence=True, linger_ms=0)
+                                         enable_idempotence=True, linger_ms=0, **(client_kwargs or {}))
 
     async def start(self) -> None:
         await self.producer.start()

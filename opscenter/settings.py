@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from citybrain.kafka_security import KafkaSecurity
 from citybrain.topics import Topics
 
 # Acknowledge-by and resolve-by per severity (minutes), normal mode. Emergency
@@ -27,6 +28,8 @@ class OpscenterSettings(BaseSettings):
     topic_prefix: str = ""
     db_schema: str = "public"
     client_id: str = "citybrain-opscenter"
+    # KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_*: SASL as the `opscenter` principal (citybrain.kafka_security)
+    kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity)
     # local demo only: issue one token per role at start and print them
     demo: bool = False
     demo_token_ttl_hours: float = Field(default=24.0, gt=0)

@@ -601,3 +601,89 @@ async def test_open311_sink_writes_as_the_connector_principal(secured: Secured, 
         assert json.loads(msg.value)["ticket_id"] == f"o311-{run}"
     finally:
         await c.stop()
+
+
+async def test_connector_ingests_as_its_principal_over_sasl(secured: Secured, kafka_bootstrap: str,
+                                                            mqtt_url: str) -> None:
+    """Phase 2: the connector switched to the SASL listener by settings only."""
+    run = uuid.uuid4().hex[:8]
+    topics = Topics(f"sec{run}.")
+    await apply(kafka_bootstrap, Plan({}, service_acls(topics)))
+    await ensure_topics(kafka_bootstrap, {topics.readings: 1, topics.hotline: 1, topics.dlq: 1})
+    sec = scram("connector", (secured.secrets_dir / "kafka-connector").read_text().strip())
+    settings = MqttKafkaSettings(
+        mqtt_url=mqtt_url, kafka_bootstrap_servers=secured.sasl_bootstrap, kafka_security=sec,
+        client_id=f"sec-sasl-{run}", topic_prefix=topics.prefix, subscriptions=(f"city/sensors/{run}/#",))
+    connector = MqttKafkaConnector(settings, default_routes(), clock=lambda: datetime.now(UTC),
+                                   registry=DeviceRegistry.sample())
+    await asyncio.wait_for(connector.setup(), WAIT * 2)
+    runner = asyncio.create_task(connector.run())
+    consumer = AIOKafkaConsumer(topics.readings, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                                group_id=None)
+    await consumer.start()
+    host, port, _, _ = url_parts(os.environ["MQTT_PUBLISH_URL"])
+    _, _, puser, ppass = url_parts(os.environ["MQTT_PUBLISH_URL"])
+    pub = mqtt_connect(host, port, puser, ppass)
+    try:
+        reading = {"event_id": f"sasl-{run}", "sensor_id": f"{run}-s1", "sensor_type": "noise", "value": 55.0,
+                   "unit": "dB(A)", "ts": datetime.now(UTC).isoformat(),
+                   "location": {"district": "海淀区", "lat": 39.96, "lon": 116.30}}
+        assert not pub.publish(f"city/sensors/{run}/s1", json.dumps(reading).encode()).is_failure
+        msg = await asyncio.wait_for(consumer.getone(), WAIT * 2)
+        assert json.loads(msg.value)["event_id"] == f"sasl-{run}"
+    finally:
+        pub.close()
+        await consumer.stop()
+        await connector.stop()
+        await runner
+        await connector.close()
+
+
+def test_opscenter_runs_as_its_principal_over_sasl(secured: Secured, database_url: str, kafka_bootstrap: str) -> None:
+    """Phase 2: the operations center's publisher and live feed on the SASL listener."""
+    import time
+
+    import httpx
+
+    from citybrain.kafka_admin import pipeline_topics
+    from opscenter.app import create_app
+    from opscenter.auth import TokenStore
+    from opscenter.settings import OpscenterSettings
+    from opscenter.testing import ServerThread, drop_schema, make_alert, migrate_schema, store
+    from storage.db import create_pool
+
+    u = uuid.uuid4().hex[:10]
+    schema, topics, alert_id = f"t_opssasl_{u}", Topics(f"sec{u}."), f"a-{u}"
+
+    async def setup() -> str:
+        await apply(kafka_bootstrap, Plan({}, service_acls(topics)))
+        await migrate_schema(database_url, schema)
+        await ensure_topics(kafka_bootstrap, pipeline_topics(topics, 1))
+        await store(database_url, schema, "alerts", [make_alert(alert_id, datetime.now(UTC) - timedelta(hours=1))])
+        pool = await create_pool(database_url, schema, min_size=1, max_size=2)
+        try:
+            ts = TokenStore(pool)
+            await ts.ensure_table()
+            return (await ts.issue("duty-officer", "ops", None, timedelta(hours=1))).token
+        finally:
+            await pool.close()
+
+    token = asyncio.run(setup())
+    sec = scram("opscenter", (secured.secrets_dir / "kafka-opscenter").read_text().strip())
+    settings = OpscenterSettings(database_url=database_url, kafka_bootstrap_servers=secured.sasl_bootstrap,
+                                 kafka_security=sec, db_schema=schema, topic_prefix=topics.prefix,
+                                 client_id=f"test-opssasl-{u}")
+    app = create_app(settings)
+    try:
+        with ServerThread(app) as srv:
+            st = app.state.ops
+            deadline = time.monotonic() + WAIT * 2
+            while not (st.hub and st.hub.ready.is_set()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert st.hub and st.hub.ready.is_set(), "the live feed did not come up on the SASL listener"
+            ops = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            r = ops.post(f"/api/v1/alerts/{alert_id}/actions", json={"action": "ack"})
+            assert r.status_code == 202, r.text
+            assert r.json()["topic"] == topics.actions
+    finally:
+        asyncio.run(drop_schema(database_url, schema))
