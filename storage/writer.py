@@ -37,6 +37,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from citybrain.dlq import dlq_headers
 from citybrain.errors import PermanentError, TransientError
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
+from citybrain.kafka_security import KafkaSecurity
 from citybrain.topics import Topics
 from schemas.common import now_utc
 from storage import errors
@@ -57,6 +58,8 @@ class WriterSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         validation_alias=AliasChoices("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS")
     )
+    # KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_*: SASL as the `writer` principal (citybrain.kafka_security)
+    kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity)
     topic_prefix: str = ""
     db_schema: str = "public"
     group_id: str = "citybrain-storage"
@@ -174,13 +177,16 @@ class StorageWriter:
         s = self.settings
         await self._retrying(self._db, stop)
         self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all",
-                                          enable_idempotence=True, client_id=f"{s.client_id}-dlq")
+                                          enable_idempotence=True, client_id=f"{s.client_id}-dlq",
+                                          **s.kafka_security.aiokafka_kwargs())
         await self._producer.start()
         # subscribe only to topics that exist: a consumer that subscribes to a
         # missing topic only notices it at its next metadata refresh (minutes)
-        await ensure_topics(s.kafka_bootstrap_servers, pipeline_topics(s.topics, 4))
+        await ensure_topics(s.kafka_bootstrap_servers, pipeline_topics(s.topics, 4),
+                            client_kwargs=s.kafka_security.aiokafka_kwargs())
         self._consumer = AIOKafkaConsumer(
             *self._topic_kinds,
+            **s.kafka_security.aiokafka_kwargs(),
             bootstrap_servers=s.kafka_bootstrap_servers,
             group_id=s.group_id,
             client_id=s.client_id,

@@ -31,6 +31,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from citybrain.errors import RejectedPayload
+from citybrain.kafka_security import KafkaSecurity
 from citybrain.topics import Topics
 from schemas import Alert, SensorReading
 from streams import hotline_agents, lifecycle_agent
@@ -47,6 +48,10 @@ class WorkerSettings(BaseSettings):
 
     app_id: str = "citybrain-streams"
     kafka_bootstrap_servers: str = Field(validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    # KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_*: SASL as the `worker` principal (citybrain.kafka_security)
+    kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity)
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 3.0
     topic_prefix: str = ""
     partitions: int = 4
     rules_file: str = str(DEFAULT_RULES)
@@ -176,6 +181,11 @@ def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{s}" for s in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=settings.kafka_security.faust_credentials(),
+        # a worker killed -9 holds its partitions until its session expires: Faust's 60 s
+        # default made a restarted or surviving worker wait about a minute (bench.faults)
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
         store="memory://",
         datadir=settings.data_dir,
         topic_partitions=settings.partitions,

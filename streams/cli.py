@@ -20,7 +20,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(
         ensure_topics(
-            settings.kafka_bootstrap_servers, pipeline_topics(Topics(settings.topic_prefix), settings.partitions)
+            settings.kafka_bootstrap_servers, pipeline_topics(Topics(settings.topic_prefix), settings.partitions),
+            client_kwargs=settings.kafka_security.aiokafka_kwargs(),
         )
     )
     app = create_app(settings, clock=now_utc)

@@ -81,7 +81,8 @@ class WorkerContext:
         """`city.alerts.dept.<code>`, created on first use with the pipeline's partition count."""
         if code not in self._dept_topics:
             name = self.topics.dept(code)
-            await ensure_topics(self.settings.kafka_bootstrap_servers, {name: self.settings.partitions})
+            await ensure_topics(self.settings.kafka_bootstrap_servers, {name: self.settings.partitions},
+                                client_kwargs=self.settings.kafka_security.aiokafka_kwargs())
             self._dept_topics[code] = self.app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw")
         return self._dept_topics[code]
 

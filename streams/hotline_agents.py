@@ -466,7 +466,8 @@ def register(ctx: WorkerContext) -> None:
     async def dept_ticket_topic(code: str) -> Any:
         if code not in ticket_depts:
             name = topics.hotline_dept(code)
-            await ensure_topics(s.kafka_bootstrap_servers, {name: s.partitions})
+            await ensure_topics(s.kafka_bootstrap_servers, {name: s.partitions},
+                                client_kwargs=s.kafka_security.aiokafka_kwargs())
             ticket_depts[code] = app.topic(name, **raw)
         return ticket_depts[code]
 

@@ -204,13 +204,15 @@ def register(ctx: WorkerContext) -> None:
                 try:
                     if msg.key is None:
                         raise ValueError("a record without a key (alert_id)")
-                    # a record is applied at its own event time (a detection's last_seen, an
-                    # action's ts), live and in replay: SLA clocks start when the condition was
-                    # seen, and a replay, whose worker-wide event clock depends on how its
-                    # partitions interleave, dispatches and escalates exactly as live did
-                    ts = orjson.loads(msg.value).get("last_seen" if kind == "detected" else "ts")
-                    at = datetime.fromisoformat(ts) if isinstance(ts, str) else ctx.clock.now()
+                    # live, a record is applied at the wall clock (SLA clocks start at dispatch);
+                    # on the event clock (replay) at its own event time (a detection's last_seen,
+                    # an action's ts), not at the worker-wide maximum, which depends on how the
+                    # partitions interleave: the replay dispatches and escalates as live did
+                    at = ctx.clock.now()
                     if ctx.clock.kind == "event":
+                        ts = orjson.loads(msg.value).get("last_seen" if kind == "detected" else "ts")
+                        if isinstance(ts, str):
+                            at = datetime.fromisoformat(ts)
                         ctx.clock.observe(at)
                         # timers due before this record fire before it, whatever else ran ahead
                         for key, partition, due, due_body in core.tick(at, owned):
@@ -283,7 +285,8 @@ def register_mode_board(ctx: WorkerContext) -> None:
     name = ctx.topics.control_mode
 
     async def ensure() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers, client_id=f"{s.app_id}-mode")
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers, client_id=f"{s.app_id}-mode",
+                                    **s.kafka_security.aiokafka_kwargs())
         await admin.start()
         try:
             if name not in set(await admin.list_topics()):
@@ -300,7 +303,8 @@ def register_mode_board(ctx: WorkerContext) -> None:
                 await ensure()
                 consumer = AIOKafkaConsumer(name, bootstrap_servers=s.kafka_bootstrap_servers, group_id=None,
                                             auto_offset_reset="earliest", enable_auto_commit=False,
-                                            metadata_max_age_ms=5000, client_id=f"{s.app_id}-mode")
+                                            metadata_max_age_ms=5000, client_id=f"{s.app_id}-mode",
+                                            **s.kafka_security.aiokafka_kwargs())
                 await consumer.start()
                 async for m in consumer:
                     try:

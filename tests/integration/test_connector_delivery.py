@@ -111,8 +111,9 @@ async def test_kill_9_mid_stream_loses_nothing(kafka_bootstrap: str, mqtt_publis
     topics = Topics(f"c{run}.")
     await ensure_topics(kafka_bootstrap, pipeline_topics(topics, 4))
     sup = Supervisor(tmp_path, base_env=env)
-    sup.start("connector", ["connector"])
-    await asyncio.sleep(4)
+    sup.start("connector", ["connector", "--log-level", "info"])
+    # the persistent session exists once the connector subscribed; before that the broker queues nothing
+    await asyncio.to_thread(wait_until_subscribed, sup, 120)
     stream = Stream(mqtt_publish_url, run).start()
     try:
         for _ in range(2):  # two crashes mid-stream
