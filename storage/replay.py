@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
 import shutil
@@ -46,6 +47,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from citybrain.errors import ConfigError, ServiceError
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
 from citybrain.topics import LIVE, Topics
+from storage.audit import append_audit
 from storage.db import connect
 from storage.replay_diff import AlertView, ReplayDiff, Scope, check_run, diff_alerts, keep_latest
 
@@ -550,6 +552,14 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
             )
         except asyncpg.UniqueViolationError:
             raise ConfigError(f"replay run {req.run} exists already: choose another --run") from None
+        # every replay run is on the audit trail: who re-ran which range with which rules
+        await append_audit(
+            conn, actor=f"{getpass.getuser()}@{socket.gethostname()}", kind="replay.run", subject=req.run,
+            details={"from": req.scope.start.isoformat(), "to": req.scope.end.isoformat(), "area": req.scope.area,
+                     "sensors": list(req.scope.sensors), "speed": _speed_text(req.speed),
+                     "rules_file": str(req.rules_file) if req.rules_file else None},
+            at=now(),
+        )
         run_dir.mkdir(parents=True, exist_ok=True)
         progress(f"replay {req.run}: {n_readings} readings and {n_hotline} hotline events of "
                  f"{req.read_from.isoformat()} .. {req.scope.end.isoformat()} into {topics.prefix}* "

@@ -214,6 +214,9 @@ def test_unchanged_rules_reproduce_every_recorded_alert(recording: Recording) ->
     assert (run_dir / "diff.json").read_text() == (recording.root / "same.json").read_text()
     topics = asyncio.run(list_replay_topics(os.environ["KAFKA_BOOTSTRAP_SERVERS"]))
     assert f"same_{recording.tag}" not in topics, "a finished run removes its topics unless --keep"
+    audited = asyncio.run(_fetch(os.environ["DATABASE_URL"], recording.schema,
+                                 "SELECT kind, details FROM audit_log WHERE subject = $1", f"same_{recording.tag}"))
+    assert [r["kind"] for r in audited] == ["replay.run"], "every replay run is on the audit trail"
 
 
 def test_changed_rules_report_the_expected_differences(recording: Recording) -> None:
