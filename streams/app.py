@@ -78,7 +78,7 @@ def register_detect(ctx: WorkerContext) -> None:
     )
     state = app.Table("sensor-state", key_type=bytes, value_type=bytes, partitions=settings.partitions)
     detected_topic = app.topic(ctx.topics.alerts_detected, key_type=bytes, value_type=bytes, value_serializer="raw")
-    processor = ReadingProcessor(ctx.rules.table, mode_of=ctx.modes.mode_for)
+    processor = ReadingProcessor(ctx.rules.table, mode_of=ctx.modes.mode_for, emergency=ctx.policy.emergency)
     # Event-time progress PER SOURCE PARTITION: a worker consumes its
     # partitions unevenly (catching up, replaying at full speed), so a
     # worker-wide maximum would make the sensors of a lagging partition look

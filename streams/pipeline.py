@@ -14,7 +14,7 @@ from schemas import Alert, SensorReading
 from streams.alerting import apply_signal
 from streams.detectors.base import Signal
 from streams.detectors.engine import DetectionEngine
-from streams.emergency import NORMAL, ModeInfo
+from streams.emergency import NORMAL, EmergencyPolicy, ModeInfo, threshold_scale
 from streams.routing import RoutingTable
 
 
@@ -24,15 +24,22 @@ class ReadingProcessor:
         routing: RoutingTable,
         engine: DetectionEngine | None = None,
         mode_of: Callable[[str], ModeInfo] | None = None,
+        emergency: EmergencyPolicy | None = None,
     ) -> None:
         self.routing = routing
         self.engine = engine if engine is not None else DetectionEngine()
         self.mode_of = mode_of  # district -> emergency mode in force (平急转换); None: always normal
+        self.emergency = emergency if emergency is not None else EmergencyPolicy()
 
     def step(self, state: dict[str, Any] | None, reading: SensorReading) -> tuple[dict[str, Any], list[Alert]]:
         """Raises `LateEvent` (a RejectedPayload, reason 'late') for a reading past the lateness."""
         st = state if state is not None else {"det": None, "alerts": {}}
-        st["det"], signals = self.engine.step_reading(st.get("det"), reading)
+        scale = 1.0
+        if self.mode_of is not None:
+            mode = self.mode_of(reading.location.district)
+            if mode.mode != "normal":
+                scale = threshold_scale(self.emergency, mode.mode, reading.sensor_type)
+        st["det"], signals = self.engine.step_reading(st.get("det"), reading, scale)
         return st, self._alerts(st, signals)
 
     def tick(self, state: dict[str, Any], watermark: datetime) -> tuple[dict[str, Any], list[Alert]]:

@@ -220,7 +220,10 @@ class DetectionEngine:
         else:
             states["_t"] = t
 
-    def step_reading(self, states: States | None, reading: SensorReading) -> tuple[States, list[Signal]]:
+    def step_reading(self, states: States | None, reading: SensorReading,
+                     scale: float = 1.0) -> tuple[States, list[Signal]]:  # fmt: skip
+        """`scale`: the emergency profile's factor for this sensor type's level
+        thresholds (1.0 in normal mode); statistical detectors ignore it."""
         st: States = states if states is not None else {}
         t = reading.ts.timestamp()
         self._check_late(st, t, reading.sensor_id, reading.ts)
@@ -230,7 +233,10 @@ class DetectionEngine:
             return st, signals
         thr = self.thresholds.get(reading.sensor_type)
         if thr is not None:
-            s, out = thr.step(st.get(thr.name), reading)
+            if scale != 1.0 and getattr(thr, "scalable", False):
+                s, out = thr.step(st.get(thr.name), reading, scale)
+            else:
+                s, out = thr.step(st.get(thr.name), reading)
             st[thr.name] = s
             signals.extend(out)
         if reading.sensor_type not in self.stat_skip:

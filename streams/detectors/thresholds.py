@@ -190,7 +190,10 @@ class _MedianLevel:
     def applies_to(self, reading: SensorReading) -> bool:
         return reading.sensor_type is self.sensor_type
 
-    def step(self, state: State | None, reading: SensorReading) -> tuple[State, list[Signal]]:
+    # emergency mode (平急转换) lowers these levels by the profile's threshold_scale
+    scalable = True
+
+    def step(self, state: State | None, reading: SensorReading, scale: float = 1.0) -> tuple[State, list[Signal]]:
         st: State = state if state is not None else {"v": [], "t0": None, "ep": None}
         t = reading.ts.timestamp()
         vals: list[float] = st["v"]
@@ -199,6 +202,8 @@ class _MedianLevel:
             del vals[0]
         med = sorted(vals)[len(vals) // 2] if len(vals) % 2 else sum(sorted(vals)[len(vals) // 2 - 1:len(vals) // 2 + 1]) / 2
         levels = self.levels(self.cfg.site(reading.sensor_id))
+        if scale != 1.0:
+            levels = [(at * scale, s) for at, s in levels]
         sev = _level(med, levels)
         ep, kind = hysteresis(st["ep"], sev, med < self.clear_below(levels), t, self.clear_after)
         st["ep"] = ep
@@ -212,7 +217,8 @@ class _MedianLevel:
             detector=self.name, detector_version=self.version, statistic=self.statistic(),
             value=round(med, 4), threshold=levels[0][0],
             window_start=reading.ts, window_end=reading.ts,
-            details={"levels": [[at, s.value] for at, s in levels], "last": vals[:], "unit": reading.unit},
+            details={"levels": [[round(at, 6), s.value] for at, s in levels], "last": vals[:], "unit": reading.unit,
+                     **({"threshold_scale": scale} if scale != 1.0 else {})},
         )  # fmt: skip
         title = f"{self.title_zh} {reading.sensor_type} {med:g} {reading.unit} >= {levels[0][0]:g}"
         if kind == "clear":

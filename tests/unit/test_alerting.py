@@ -63,3 +63,37 @@ def test_rules_file_errors_name_the_rule(tmp_path: Path) -> None:
     bad.write_text("rules:\n  - name: r1\n    match: {min_severity: purple}\n")
     with pytest.raises(ConfigError, match="min_severity"):
         load_rules(bad)
+
+
+def test_emergency_mode_lowers_the_water_warning_level() -> None:
+    """平急转换: in emergency the profile's threshold_scale (water_level 0.9) applies,
+    so 1.6 m at a site approaching at 1.7 m (85 % of a 2.0 m warning level) alerts;
+    in normal mode it does not."""
+    from datetime import UTC, datetime, timedelta
+
+    from streams.detectors.config import load_config
+    from streams.detectors.engine import DetectionEngine
+    from streams.emergency import NORMAL, EmergencyPolicy, ModeInfo
+
+    def water(i: int) -> SensorReading:
+        return SensorReading.model_validate({
+            "event_id": f"w-{i}", "sensor_id": "w-1", "sensor_type": "water_level", "value": 1.6, "unit": "m",
+            "ts": (datetime(2025, 7, 1, tzinfo=UTC) + timedelta(minutes=5 * i)).isoformat(),
+            "location": {"district": "朝阳区", "street": "望京街道", "grid": "g-1", "lat": 39.99, "lon": 116.47},
+        })  # fmt: skip
+
+    def alerts_in(mode: ModeInfo) -> list:
+        engine = DetectionEngine(load_config(sites={"w-1": {"warning_level": 2.0, "guarantee_level": 3.0}}))
+        proc = ReadingProcessor(load_rules(), engine, mode_of=lambda _d: mode, emergency=EmergencyPolicy())
+        state, out = None, []
+        for i in range(4):
+            state, alerts = proc.step(state, water(i))
+            out.extend(alerts)
+        return out
+
+    assert alerts_in(NORMAL) == []
+    emergency = alerts_in(ModeInfo("emergency", "city", "2025-07-01T00:00:00+00:00"))
+    assert emergency and emergency[0].category == "water"
+    ev = emergency[0].evidence
+    assert ev.details["threshold_scale"] == 0.9 and ev.threshold == pytest.approx(1.7 * 0.9)
+    assert emergency[0].evidence.details["mode"]["mode"] == "emergency"
