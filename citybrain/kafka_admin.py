@@ -23,6 +23,7 @@ def pipeline_topics(topics: Topics, partitions: int) -> dict[str, int]:
         topics.alerts: partitions,
         topics.alerts_detected: partitions,
         topics.actions: partitions,
+        topics.actions_applied: partitions,
         topics.incidents: partitions,
         topics.hotline_tickets: partitions,
         topics.kpi: partitions,

@@ -43,6 +43,11 @@ class Topics:
         return self._t("city.alert.actions")
 
     @property
+    def actions_applied(self) -> str:
+        """The actions the lifecycle accepted (refused ones go to the DLQ): what storage records."""
+        return self._t("city.alert.actions.applied")
+
+    @property
     def incidents(self) -> str:
         return self._t("city.incidents")
 

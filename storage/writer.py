@@ -79,7 +79,7 @@ class WriterSettings(BaseSettings):
 
     def topic_kinds(self) -> dict[str, str]:
         t = self.topics
-        by_kind = {"readings": t.readings, "hotline": t.hotline, "alerts": t.alerts, "actions": t.actions,
+        by_kind = {"readings": t.readings, "hotline": t.hotline, "alerts": t.alerts, "actions": t.actions_applied,
                    "incidents": t.incidents, "tickets": t.hotline_tickets, "kpi": t.kpi, "dlq": t.dlq}
         return {by_kind[k]: k for k in self.kinds}
 

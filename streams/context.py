@@ -100,6 +100,14 @@ class WorkerContext:
         )
         await self.dlq_topic.send(key=msg.key, value=msg.value, headers=headers, force=True)
 
+    async def publish_applied_action(self, key: bytes, value: bytes) -> None:
+        """An action the lifecycle accepted, as it arrived, to `city.alert.actions.applied`."""
+        if "applied_topic" not in self.extras:
+            self.extras["applied_topic"] = self.app.topic(
+                self.topics.actions_applied, key_type=bytes, value_type=bytes, value_serializer="raw",
+                partitions=self.settings.partitions)
+        await self.extras["applied_topic"].send(key=key, value=value, force=True)
+
     async def publish_alert(self, alert: Alert) -> None:
         """The full alert to `city.alerts` (operations center) and to each routed
         department its own copy: only what that department may see."""

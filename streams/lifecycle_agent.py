@@ -3,7 +3,9 @@
 alert_id and co-partitioned, so every input of one alert reaches the worker
 that holds its state. It publishes the current alert to `city.alerts` and each
 routed department's copy to `city.alerts.dept.<code>`; refused actions go to
-the DLQ with the reason and leave the state untouched.
+the DLQ with the reason and leave the state untouched; accepted ones are
+forwarded to `city.alert.actions.applied` (what storage records as the alert's
+action history, so a refused action never shows up there).
 
 SLA timers: a due-time index (a heap of (due, alert_id)) rebuilt from the
 table after each recovery and kept current on every write, so a tick touches
@@ -233,6 +235,8 @@ def register(ctx: WorkerContext) -> None:
                     continue
                 if body is not None:
                     table.send_changelog(msg.partition, msg.key, body)
+                    if kind == "action":
+                        await ctx.publish_applied_action(msg.key, msg.value)
                 await emit(outcome)
         if ctx.clock.kind == "event":
             await run_due()  # event time moves only with records: tick right after them

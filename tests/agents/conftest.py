@@ -22,6 +22,12 @@ from streams.context import WorkerContext
 class Recorder:
     published: list[Alert] = field(default_factory=list)
     dead: list[tuple[bytes | None, str, str]] = field(default_factory=list)
+    applied: list[bytes] = field(default_factory=list)  # event ids of accepted actions
+
+    async def publish_applied_action(self, key: bytes, value: bytes) -> None:
+        import orjson
+
+        self.applied.append(orjson.loads(value)["event_id"].encode())
 
     async def publish_alert(self, alert: Alert) -> None:
         self.published.append(alert)
@@ -62,4 +68,5 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
     rec = Recorder()
     ctx.publish_alert = rec.publish_alert  # type: ignore[method-assign]
     ctx.dead_letter = rec.dead_letter  # type: ignore[method-assign]
+    ctx.publish_applied_action = rec.publish_applied_action  # type: ignore[method-assign]
     yield Worker(app, ctx, rec, clock)

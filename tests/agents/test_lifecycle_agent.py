@@ -46,6 +46,7 @@ async def test_detection_routed_actions_applied_rejections_dead_lettered(worker:
         await agent.put(value=action("ack", "water", "e3", worker), key=b"a-agent-1")
         await agent.put(value=action("ack", "water", "e3", worker), key=b"a-agent-1")  # duplicate event id
     assert [d[1] for d in worker.rec.dead[1:]] == ["illegal_transition", "unauthorised"]
+    assert worker.rec.applied == [b"e3"], "only the accepted action, once, reaches the applied topic (storage)"
     assert [a.status for a in worker.rec.published] == [AlertStatus.DISPATCHED, AlertStatus.ACKNOWLEDGED]
     assert worker.rec.published[1].revision == first[0].revision + 1
     # acknowledged: the 15 min ack clock stopped; next due is the persistence

@@ -269,6 +269,9 @@ async def test_illegal_and_unauthorised_actions_dead_lettered_alert_unchanged(
     await asyncio.sleep(2)
     msgs = await pipeline.consume(pipeline.topics.alerts, lambda got: False, timeout=3)
     assert len([a for a in alerts_of(msgs, subject) if a["status"] == "acknowledged"]) == 1
+    # what storage records as the alert's actions: the accepted ack, once; none of the refused ones
+    applied = await pipeline.consume(pipeline.topics.actions_applied, lambda got: False, timeout=3)
+    assert [orjson.loads(m.value)["event_id"] for m in applied] == [ack["event_id"]]
     pipeline.sup.check_alive()
 
 

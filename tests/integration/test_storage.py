@@ -234,7 +234,7 @@ async def test_writer_all_topics_and_redelivery_is_idempotent(
     await produce(kafka_bootstrap, topics.alerts, [(b"a-1", alert("a-1", r).to_json()) for r in (1, 2, 2, 3)])
     act = AlertAction.model_validate({"event_id": "x-1", "alert_id": "a-1", "action": "ack", "actor": "op1",
                                       "ts": T0.isoformat()})
-    await produce(kafka_bootstrap, topics.actions, [(b"a-1", act.to_json())])
+    await produce(kafka_bootstrap, topics.actions_applied, [(b"a-1", act.to_json())])
     inc = Incident.model_validate({"incident_id": "i-1", "kind": "flood", "severity": "II",
                                    "location": {"district": "朝阳区", "lat": 39.9, "lon": 116.4},
                                    "alert_ids": ["a-1"], "ticket_ids": ["T1"], "first_seen": T0.isoformat(),
