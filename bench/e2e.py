@@ -36,7 +36,8 @@ from aiokafka import AIOKafkaConsumer
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import ProcStats, conditions, percentile, service_pids
-from citybrain.supervisor import Supervisor
+from citybrain.errors import ServiceError
+from citybrain.supervisor import WORKER_READY, Supervisor
 from citybrain.topics import Topics
 from connectors.mqtt_kafka import parse_mqtt_url
 from schemas import CATALOGUE, SensorType
@@ -337,14 +338,10 @@ async def _worker_ready(sup: Supervisor, timeout: float = 180) -> None:
     """A loaded machine may take longer than the warm-up to start the worker
     (one changelog table per agent module); readings sent before it is ready
     wait in Kafka and their alerts would land after the step's window."""
-    log = sup.children["worker"].log_path
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sup.check_alive()
-        if log.exists() and "[^Worker]: Ready" in log.read_text(errors="replace"):
-            return
-        await asyncio.sleep(0.5)
-    raise SystemExit(f"bench.e2e: the worker was not ready within {timeout} s")
+    try:
+        await asyncio.to_thread(sup.wait_for_log, "worker", WORKER_READY, timeout)
+    except ServiceError as exc:
+        raise SystemExit(f"bench.e2e: {exc}") from None
 
 
 def _migrate(env: dict[str, str]) -> None:

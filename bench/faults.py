@@ -53,7 +53,7 @@ from bench.faults_load import Db, LagProbe, Load, reading, readings_tps, writer_
 from bench.faults_stack import PrivateStack, free_port, port_open
 from citybrain.cli import OneLineParser
 from citybrain.errors import CityBrainError, ServiceError
-from citybrain.supervisor import Supervisor
+from citybrain.supervisor import CONNECTOR_SUBSCRIBED, Supervisor
 from citybrain.topics import Topics
 
 PASS_RECOVERY_S = 30.0  # the issue's bound; --max-recovery-s changes it (the test suite is generous)
@@ -331,14 +331,7 @@ BY_NAME = {c.name: c for c in CASES}
 def wait_subscribed(sup: Supervisor, timeout: float = 60) -> None:
     """Messages published before the connector's first subscription have no
     session to be queued in; it logs once the broker confirmed it."""
-    log = sup.children["connector"].log_path
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sup.check_alive()
-        if log.exists() and "MQTT 127.0.0.1" in log.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise ServiceError(f"connector did not subscribe within {timeout:.0f} s")
+    sup.wait_for_log("connector", CONNECTOR_SUBSCRIBED, timeout)
 
 
 async def wait_for(pred: Callable[[], Awaitable[bool]], timeout: float, every: float = 0.25) -> float | None:

@@ -16,6 +16,10 @@ from pathlib import Path
 
 from citybrain.errors import ServiceError
 
+# what the processes log once they are ready for input
+WORKER_READY = "[^Worker]: Ready"
+CONNECTOR_SUBSCRIBED = "MQTT 127.0.0.1"  # logged once connected; it subscribes in on_connect
+
 
 @dataclass
 class Child:
@@ -24,6 +28,7 @@ class Child:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    log_start: int = 0  # size of the log when the current process started: markers count from here
 
     @property
     def pid(self) -> int:
@@ -49,6 +54,7 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         log = child.log_path.open("ab")
+        child.log_start = log.tell()
         child.proc = subprocess.Popen(
             child.argv, env=child.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
@@ -64,6 +70,24 @@ class Supervisor:
         if child.proc and child.proc.poll() is None:
             child.proc.send_signal(sig)
             child.proc.wait(timeout=30)
+
+    def wait_for_log(self, name: str, marker: str, timeout: float = 180, poll_s: float = 0.5) -> None:
+        """Block until `marker` appears in what the child's current process
+        logged (e.g. the worker's "[^Worker]: Ready"); raises ServiceError when the child exits first or
+        the marker does not come within `timeout` (a loaded machine is slow to
+        start a worker, and input sent before it is ready lands late)."""
+        child = self.children[name]
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            if child.log_path.exists():
+                with child.log_path.open("rb") as f:
+                    f.seek(child.log_start)
+                    if marker.encode() in f.read():
+                        return
+            if time.monotonic() > deadline:
+                raise ServiceError(f"{name} did not log {marker!r} within {timeout:g} s (log: {child.log_path})")
+            time.sleep(poll_s)
 
     def check_alive(self) -> None:
         for child in self.children.values():

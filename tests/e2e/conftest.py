@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from paho.mqtt.enums import CallbackAPIVersion
 
-from citybrain.supervisor import Supervisor
+from citybrain.supervisor import CONNECTOR_SUBSCRIBED, Supervisor
 from citybrain.topics import Topics
 from connectors.mqtt_kafka import parse_mqtt_url
 from tests.services import database_url, kafka_bootstrap, mqtt_publish_url, mqtt_url, unique  # noqa: F401
@@ -97,14 +97,7 @@ class Pipeline:
 def wait_until_subscribed(sup: Supervisor, timeout: float = 30) -> None:
     """Messages published before the connector's first subscription have no
     session to be queued in; wait for it (it logs once subscribed)."""
-    log = sup.children["connector"].log_path
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sup.check_alive()
-        if log.exists() and "MQTT 127.0.0.1" in log.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"connector did not subscribe within {timeout} s: {log.read_text(errors='replace')[-2000:]}")
+    sup.wait_for_log("connector", CONNECTOR_SUBSCRIBED, timeout)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from citybrain.dlq import H_REASON, H_STAGE, decode_headers
+from citybrain.supervisor import WORKER_READY
 from tests.e2e.conftest import MqttPublisher, Pipeline
 
 BEIJING = ZoneInfo("Asia/Shanghai")
@@ -73,17 +74,10 @@ class Hotline:
             await producer.stop()
 
 
-async def worker_ready(pipeline: Pipeline, times: int = 1, timeout: float = 180) -> None:
-    """The worker has joined its group and recovered its tables (`times` starts so far):
+async def worker_ready(pipeline: Pipeline, timeout: float = 180) -> None:
+    """The worker's current process has joined its group and recovered its tables:
     on a loaded machine that can take a while, and the deadline timer runs on the wall clock."""
-    log = pipeline.sup.children["worker"].log_path
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        pipeline.sup.check_alive()
-        if log.exists() and log.read_text(errors="replace").count("[^Worker]: Ready") >= times:
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"worker not ready within {timeout} s: {log.read_text(errors='replace')[-2000:]}")
+    await asyncio.to_thread(pipeline.sup.wait_for_log, "worker", WORKER_READY, timeout)
 
 
 def latest_by_key(msgs: list[Any]) -> dict[str, dict[str, Any]]:
@@ -210,7 +204,7 @@ async def test_three_rates_match_hand_computed_values_despite_redelivery_and_bad
     # redelivered once more changes nothing, and a new feedback (t2: 2 -> 5) corrects the rate in place
     pipeline.sup.kill("worker", signal.SIGINT)
     pipeline.sup.restart("worker")
-    await worker_ready(pipeline, times=2)
+    await worker_ready(pipeline)  # the restarted process
     await h.send([*recs, h.event("t2", t0 + 9 * D, "feedback", "resolved", sat=5)])
     after = {k: {**v, "satisfaction": [2, 3]} if k != "district:haidian" else v for k, v in expected.items()}
 

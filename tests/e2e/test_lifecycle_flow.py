@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from citybrain.dlq import H_REASON, H_STAGE, decode_headers
+from citybrain.supervisor import WORKER_READY
 from streams.routing import DEFAULT_DEPARTMENTS, DEFAULT_RULES
 from tests.e2e.conftest import MqttPublisher, Pipeline
 
@@ -452,12 +453,8 @@ async def test_lifecycle_state_survives_a_killed_worker(pipeline: Pipeline, publ
 
     pipeline.sup.kill("worker")  # SIGKILL: no clean shutdown
     pipeline.sup.restart("worker")
-    deadline = time.monotonic() + 120
-    while worker_log(pipeline).count("[^Worker]: Ready") < 2 and time.monotonic() < deadline:
-        pipeline.sup.check_alive()
-        await asyncio.sleep(0.5)
-    assert worker_log(pipeline).count("[^Worker]: Ready") >= 2, "the worker restarted"
-    second_run = worker_log(pipeline).split("[^Worker]: Ready", 1)[1]
+    await asyncio.to_thread(pipeline.sup.wait_for_log, "worker", WORKER_READY, 120)
+    second_run = worker_log(pipeline).split(WORKER_READY, 1)[1]
     recovered = re.search(r"lifecycle: (\d+) alerts with a pending timer after recovery", second_run)
     assert recovered and int(recovered.group(1)) >= 1, "the due-time index was rebuilt from the changelog"
 
