@@ -30,14 +30,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from opscenter import queries as q
 from opscenter.auth import Principal, Role, TokenStore
+from opscenter.fastquery import openapi_query, parse_query
 from opscenter.feed import FeedEvent, LiveHub, Publisher
 from opscenter.geo import load_map
 from opscenter.reports import PERIODS, build_report, render_html
 from opscenter.settings import OpscenterSettings
+from opscenter.shaping import AlertShaper, mask_value
 from schemas import ActionKind, AlertAction
 from schemas.common import now_utc, stable_id
 from storage.audit import append_audit
-from streams.routing import PII_KEYS, PSEUDONYMOUS_KEYS, Registry, load_registry, mask_text
+from streams.routing import Registry, load_registry, mask_text
+
+__all__ = ["create_app", "mask_value"]
 
 log = logging.getLogger("citybrain.opscenter")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -86,18 +90,34 @@ class TokenIn(BaseModel):
     ttl_hours: float = Field(default=24 * 30, gt=0, le=24 * 366)
 
 
+class AlertListQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    status: str | None = Field(default=None, max_length=200,
+                               description="comma list of new, dispatched, acknowledged, resolved, closed, cleared, "
+                                           "reopened")
+    severity: str | None = Field(default=None, max_length=50, description="comma list of I, II, III, IV")
+    department: str | None = Field(default=None, max_length=128)
+    district: str | None = Field(default=None, max_length=32, description="name (朝阳区) or code (chaoyang)")
+    street: str | None = Field(default=None, max_length=64)
+    rule: str | None = Field(default=None, max_length=128)
+    category: str | None = Field(default=None, max_length=64)
+    subject: str | None = Field(default=None, max_length=128)
+    open: bool = Field(default=False, description="only new, dispatched, acknowledged, reopened")
+    since: datetime | None = Field(default=None, description="ISO 8601 with zone; inclusive")
+    until: datetime | None = Field(default=None, description="ISO 8601 with zone; exclusive")
+    limit: int = Field(default=50, ge=1, le=500, description="page size")
+    cursor: str | None = Field(default=None, max_length=512, description="next_cursor of the previous page")
+    total: bool = Field(default=False, description="also count all matches (slower)")
+
+
+class AlertDetailQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    before_minutes: int = Field(default=120, ge=0, le=7 * 24 * 60, description="series before the window")
+    after_minutes: int = Field(default=60, ge=0, le=7 * 24 * 60, description="series after the last reading")
+    resolution: Literal["auto", "raw", "1m", "1h"] = "auto"
+
+
 # ------------------------------------------------------------------ helpers
-def mask_value(value: Any, pseudonymous: bool) -> Any:
-    if isinstance(value, str):
-        return mask_text(value)
-    if isinstance(value, dict):
-        return {k: mask_value(v, pseudonymous) for k, v in value.items()
-                if k not in PII_KEYS and (pseudonymous or k not in PSEUDONYMOUS_KEYS)}
-    if isinstance(value, list | tuple):
-        return [mask_value(v, pseudonymous) for v in value]
-    return value
-
-
 def parse_list(value: str | None, allowed: tuple[str, ...] | None, name: str) -> list[str]:
     if not value:
         return []
@@ -139,6 +159,7 @@ class State:
         self.registry: Registry = load_registry()
         self.sla = q.SlaPolicy(dict(settings.ack_minutes), dict(settings.resolve_minutes),
                                settings.emergency_sla_factor)
+        self.shaper = AlertShaper(self.sla, settings.shaped_cache_items)
         self.tz = ZoneInfo(settings.report_timezone)
         self.clock: Callable[[], datetime] = now_utc
 
@@ -253,13 +274,7 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
         return None if p.sees_all else p.department
 
     def shape_alert(a: dict[str, Any], p: Principal, now: datetime) -> dict[str, Any]:
-        a["sla"] = sla_info(a, now)
-        # nobody sees citizen data in clear; only pseudonymous roles keep the caller's keyed hash
-        a["title"] = mask_text(a["title"])
-        if isinstance(a.get("evidence"), dict):
-            a["evidence"] = dict(a["evidence"], details=mask_value(a["evidence"].get("details") or {},
-                                                                  pseudonymous(p)))
-        return a
+        return st.shaper.shape(a, pseudonymous(p), now)
 
     def pseudonymous(p: Principal) -> bool:
         if p.role is Role.OPS:
@@ -270,30 +285,7 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
         return False
 
     def sla_info(a: dict[str, Any], now: datetime, ack_at: datetime | None = None) -> dict[str, Any]:
-        details = (a.get("evidence") or {}).get("details") or {}
-        m = details.get("mode")
-        emergency = isinstance(m, dict) and m.get("mode") == "emergency"
-        sev = a["severity"]
-        first = a["first_seen"]
-        if isinstance(first, str):
-            first = datetime.fromisoformat(first)
-        ack_due = first + timedelta(seconds=st.sla.ack_s(sev, emergency))
-        resolve_due = first + timedelta(seconds=st.sla.resolve_s(sev, emergency))
-        status = a["status"]
-        if status in q.UNACKED_STATUSES:
-            clock_kind, due = "ack", ack_due
-        elif status == "acknowledged":
-            clock_kind, due = "resolve", resolve_due
-        else:
-            clock_kind, due = None, None
-        out: dict[str, Any] = {"ack_due": ack_due, "resolve_due": resolve_due, "emergency": emergency,
-                               "clock": clock_kind, "due": due,
-                               "remaining_s": round((due - now).total_seconds()) if due else None,
-                               "breached": bool(due and now > due)}
-        if ack_at is not None:
-            out["acknowledged_at"] = ack_at
-            out["ack_late"] = ack_at > ack_due
-        return out
+        return st.shaper.sla_info(a, now, ack_at)
 
     async def alert_for(alert_id: str, p: Principal) -> dict[str, Any]:
         a = await q.get_alert(pool(), alert_id)
@@ -343,51 +335,38 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
         return JSON({"items": out})
 
     # -------------------------------------------------------------- alerts
-    @app.get(f"{API}/alerts", tags=["alerts"], summary="alerts, newest first, filtered and paginated")
-    async def list_alerts(
-        p: Who,
-        status: Annotated[str | None, Query(description=f"comma list of {', '.join(STATUSES)}")] = None,
-        severity: Annotated[str | None, Query(description="comma list of I, II, III, IV")] = None,
-        department: Annotated[str | None, Query(max_length=128)] = None,
-        district: Annotated[str | None, Query(max_length=32, description="name (朝阳区) or code (chaoyang)")] = None,
-        street: Annotated[str | None, Query(max_length=64)] = None,
-        rule: Annotated[str | None, Query(max_length=128)] = None,
-        category: Annotated[str | None, Query(max_length=64)] = None,
-        subject: Annotated[str | None, Query(max_length=128)] = None,
-        open: Annotated[bool, Query(description="only new, dispatched, acknowledged, reopened")] = False,
-        since: Since = None,
-        until: Until = None,
-        limit: Limit = 50,
-        cursor: Cursor = None,
-        total: Annotated[bool, Query(description="also count all matches (slower)")] = False,
-    ) -> JSON:
-        since, until = time_range(since, until)
-        if department and not p.sees_all and department != p.department:
+    @app.get(f"{API}/alerts", tags=["alerts"], summary="alerts, newest first, filtered and paginated",
+             openapi_extra=openapi_query(AlertListQuery))
+    async def list_alerts(request: Request, p: Who) -> Response:
+        a = parse_query(AlertListQuery, request)
+        since, until = time_range(a.since, a.until)
+        if a.department and not p.sees_all and a.department != p.department:
             raise HTTPException(403, f"a {p.department} token sees only its own department's alerts")
         f = q.AlertFilter(
-            status=parse_list(status, STATUSES, "status"), severity=parse_list(severity, SEVERITIES, "severity"),
-            department=department, district=_district(district), street=street, rule=rule, category=category,
-            subject=subject, since=since, until=until, open_only=open, visible_to=visible(p))
-        items, nxt = await q.list_alerts(pool(), f, limit, cursor)
-        now = clock()
-        body: dict[str, Any] = {"items": [shape_alert(a, p, now) for a in items], "next_cursor": nxt}
-        if total:
-            body["total"] = await q.count_alerts(pool(), f)
-        return JSON(body)
+            status=parse_list(a.status, STATUSES, "status"), severity=parse_list(a.severity, SEVERITIES, "severity"),
+            department=a.department, district=_district(a.district), street=a.street, rule=a.rule,
+            category=a.category, subject=a.subject, since=since, until=until, open_only=a.open,
+            visible_to=visible(p))
+        rows, nxt = await q.list_alert_rows(pool(), f, a.limit, a.cursor)
+        extra: dict[str, Any] = {"next_cursor": nxt}
+        if a.total:
+            extra["total"] = await q.count_alerts(pool(), f)
+        return Response(st.shaper.page_json(rows, pseudonymous(p), clock(), extra), media_type="application/json")
 
     @app.get(f"{API}/alerts/{{alert_id}}", tags=["alerts"],
-             summary="one alert: evidence, SLA, history, actions and the sensor's series around it")
-    async def get_alert(
-        p: Who,
-        alert_id: Annotated[str, PathParam(max_length=128)],
-        before_minutes: Annotated[int, Query(ge=0, le=7 * 24 * 60)] = 120,
-        after_minutes: Annotated[int, Query(ge=0, le=7 * 24 * 60)] = 60,
-        resolution: Annotated[Literal["auto", "raw", "1m", "1h"], Query()] = "auto",
-    ) -> JSON:
-        a = await alert_for(alert_id, p)
+             summary="one alert: evidence, SLA, history, actions and the sensor's series around it",
+             openapi_extra=openapi_query(AlertDetailQuery))
+    async def get_alert(request: Request, p: Who, alert_id: Annotated[str, PathParam(max_length=128)]) -> JSON:
+        dq = parse_query(AlertDetailQuery, request)
+        before_minutes, after_minutes, resolution = dq.before_minutes, dq.after_minutes, dq.resolution
+        a = await q.get_alert_detail(pool(), alert_id)
+        if a is None:
+            raise HTTPException(404, f"no alert {alert_id}")
+        if not p.can_see_alert(a["departments"]):
+            raise HTTPException(403, f"alert {alert_id} is not routed to {p.department}")
         conn = pool()
-        history = await q.alert_history(conn, alert_id, a["first_seen"])
-        actions = await q.alert_actions(conn, alert_id)
+        history = a.pop("history")
+        actions = a.pop("actions")
         acks = [x["ts"] for x in actions if x["action"] == "ack"]
         now = clock()
         payload = a.pop("payload", {})

@@ -123,7 +123,10 @@ def _alert_where(f: AlertFilter) -> Where:
     return w
 
 
-async def list_alerts(conn: Conn, f: AlertFilter, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+async def list_alert_rows(conn: Conn, f: AlertFilter, limit: int,
+                          cursor: str | None) -> tuple[list[asyncpg.Record], str | None]:
+    """Keyset pagination on (last_seen, alert_id) descending, which the index
+    alerts_last_seen_id (migration 0008) serves without a sort."""
     w = _alert_where(f)
     if cursor:
         ts, aid = decode_cursor(cursor, 2)
@@ -131,9 +134,13 @@ async def list_alerts(conn: Conn, f: AlertFilter, limit: int, cursor: str | None
     sql = (f"SELECT {ALERT_LIST_COLUMNS} FROM alerts{w.sql()} "
            f"ORDER BY last_seen DESC, alert_id DESC LIMIT {int(limit) + 1}")
     rows = await conn.fetch(sql, *w.args)
-    items = [alert_record(r) for r in rows[:limit]]
     nxt = encode_cursor(rows[limit - 1]["last_seen"], rows[limit - 1]["alert_id"]) if len(rows) > limit else None
-    return items, nxt
+    return rows[:limit], nxt
+
+
+async def list_alerts(conn: Conn, f: AlertFilter, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    rows, nxt = await list_alert_rows(conn, f, limit, cursor)
+    return [alert_record(r) for r in rows], nxt
 
 
 async def count_alerts(conn: Conn, f: AlertFilter) -> int:
@@ -156,6 +163,33 @@ async def get_alert(conn: Conn, alert_id: str) -> dict[str, Any] | None:
         return None
     d = alert_record(r)
     d["payload"] = orjson.loads(d["payload"])
+    return d
+
+
+HISTORY_FIELDS = ("revision", "status", "severity", "departments", "last_seen", "recorded_at")
+ACTION_FIELDS = ("ts", "event_id", "action", "actor", "actor_department", "comment", "target_department",
+                 "satisfaction")
+_DETAIL_SQL = (
+    f"SELECT {ALERT_LIST_COLUMNS}, payload::text AS payload, "
+    f"ARRAY(SELECT ROW({', '.join(HISTORY_FIELDS)}) FROM alert_history h "
+    "WHERE h.alert_id = a.alert_id AND h.first_seen = a.first_seen ORDER BY revision) AS history, "
+    f"ARRAY(SELECT ROW({', '.join(ACTION_FIELDS)}) FROM alert_actions x "
+    "WHERE x.alert_id = a.alert_id ORDER BY ts, event_id) AS actions "
+    "FROM alerts a WHERE alert_id = $1")
+
+
+async def get_alert_detail(conn: Conn, alert_id: str) -> dict[str, Any] | None:
+    """The alert with its history and actions in one round trip (as get_alert,
+    alert_history and alert_actions give them)."""
+    r = await conn.fetchrow(_DETAIL_SQL, alert_id)
+    if r is None:
+        return None
+    d = alert_record(r)
+    d["payload"] = orjson.loads(d["payload"])
+    d["history"] = [dict(zip(HISTORY_FIELDS, h, strict=True)) for h in d["history"]]
+    for h in d["history"]:
+        h["departments"] = list(h["departments"])
+    d["actions"] = [dict(zip(ACTION_FIELDS, x, strict=True)) for x in d["actions"]]
     return d
 
 

@@ -35,6 +35,8 @@ class OpscenterSettings(BaseSettings):
     demo_token_ttl_hours: float = Field(default=24.0, gt=0)
     # how long a looked-up token stays cached (revocation takes effect within this)
     token_cache_s: float = Field(default=2.0, ge=0)
+    # alert list items kept serialised per (alert, revision, pseudonymous): ~1 kB each
+    shaped_cache_items: int = Field(default=20000, ge=0)
     pool_min: int = Field(default=2, ge=1)
     pool_max: int = Field(default=20, ge=1)
     feed_queue: int = Field(default=1000, ge=10, description="events buffered per live-feed client")
