@@ -582,8 +582,9 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
             "sla_breaches": {"open_unacknowledged": breaches,
                              "oldest": [shape_alert(a, p, now) for a in oldest]},
             "escalations": await q.escalations_since(conn, since, vis),
-            "three_rates": {"by_department": await q.three_rates(conn, since, until, "department", vis),
-                            "by_district": await q.three_rates(conn, since, until, "district", vis)},
+            "three_rates": {"by_department": await q.three_rates(conn, since, until, "department", vis, tz=st.tz),
+                            "by_district": await q.three_rates(conn, since, until, "district", vis, tz=st.tz,
+                                                               district_name=st.registry.geo.district_name)},
             "alert_handling": {"by_department": await q.alert_rates(conn, since, until, "department", st.sla, vis),
                                "by_district": await q.alert_rates(conn, since, until, "district", st.sla, vis)},
         })
@@ -599,7 +600,7 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
         if period not in PERIODS:
             raise bad(f"period must be one of {', '.join(PERIODS)}")
         d = day or clock().astimezone(st.tz).date()
-        r = await build_report(pool(), period, d, st.tz, st.sla, visible(p))
+        r = await build_report(pool(), period, d, st.tz, st.sla, visible(p), st.registry.geo.district_name)
         if format == "html":
             return HTMLResponse(render_html(r))
         return JSON(r)

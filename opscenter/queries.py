@@ -1,15 +1,15 @@
 """SQL of the operations center against storage's tables (alerts,
-alert_history, alert_actions, incidents, hotline_events, readings and the
-1-minute / 1-hour rollups). Read-only; every function takes a connection
+alert_history, alert_actions, incidents, hotline_tickets, hotline_kpi,
+hotline_events, readings and the 1-minute / 1-hour rollups). Read-only; every function takes a connection
 (or pool) and plain values, so the API, the reports and the benchmark share it.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -341,29 +341,19 @@ async def alerts_by_ids(conn: Conn, alert_ids: Sequence[str]) -> list[dict[str, 
 
 
 # ------------------------------------------------------------------ hotline tickets
-TICKET_AGG = """
-SELECT ticket_id,
-       min(ts) AS created_at,
-       max(ts) AS updated_at,
-       (array_agg(status ORDER BY ts DESC, event_id DESC))[1] AS status,
-       (array_agg(category ORDER BY ts, event_id))[1] AS category,
-       (array_agg(department ORDER BY ts DESC, event_id DESC) FILTER (WHERE department IS NOT NULL))[1]
-           AS department,
-       (array_agg(district ORDER BY ts, event_id))[1] AS district,
-       (array_agg(street ORDER BY ts, event_id))[1] AS street,
-       (array_agg(grid ORDER BY ts, event_id))[1] AS grid,
-       (array_agg(lat ORDER BY ts, event_id))[1] AS lat,
-       (array_agg(lon ORDER BY ts, event_id))[1] AS lon,
-       (array_agg(description ORDER BY ts, event_id))[1] AS description,
-       (array_agg(urgency ORDER BY ts, event_id))[1] AS urgency,
-       (array_agg(channel ORDER BY ts, event_id))[1] AS channel,
-       (array_agg(caller_ref ORDER BY ts, event_id) FILTER (WHERE caller_ref IS NOT NULL))[1] AS caller_ref,
-       (array_agg(satisfaction ORDER BY ts DESC) FILTER (WHERE satisfaction IS NOT NULL))[1] AS satisfaction,
-       min(ts) FILTER (WHERE status <> 'open') AS responded_at,
-       min(ts) FILTER (WHERE status IN ('resolved', 'closed')) AS resolved_at,
-       count(*) AS events
-  FROM hotline_events
-"""
+# The hotline workflow's ticket state (city.hotline.tickets, stored by the
+# writer in hotline_tickets, highest revision kept): routed departments,
+# deadlines, first contact, resolution, satisfaction. The raw calls stay in
+# hotline_events (a ticket's detail lists them). Column names as the API has
+# always shown them; `department` is the first routed department.
+TICKET_SELECT = """
+SELECT ticket_id, revision, created AS created_at, updated AS updated_at, status, category,
+       departments[1] AS department, departments, district, street, grid, lat, lon,
+       payload->>'description' AS description, urgency, payload->>'channel' AS channel,
+       payload->>'caller_ref' AS caller_ref, satisfaction, responded_at, resolved_at,
+       first_contact_by, resolve_by, overdue, mode,
+       (SELECT count(*) FROM hotline_events e WHERE e.ticket_id = t.ticket_id) AS events
+  FROM hotline_tickets t"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,34 +370,34 @@ class TicketFilter:
 
 
 def _ticket_sql(f: TicketFilter) -> tuple[str, Where]:
-    inner = Where()
+    """A ticket is in [since, until) when it was open during it: updated at or
+    after `since`, created before `until`."""
+    w = Where()
     if f.ticket_ids:
-        inner.add("ticket_id = ANY({0})", list(f.ticket_ids))
+        w.add("ticket_id = ANY({0})", list(f.ticket_ids))
     if f.since:
-        inner.add("ts >= {0}", f.since)
+        w.add("updated >= {0}", f.since)
     if f.until:
-        inner.add("ts < {0}", f.until)
+        w.add("created < {0}", f.until)
     if f.district:
-        inner.add("district = {0}", f.district)
+        w.add("district = {0}", f.district)
     if f.street:
-        inner.add("street = {0}", f.street)
+        w.add("street = {0}", f.street)
     if f.category:
-        inner.add("category = {0}", f.category)
-    outer: list[str] = []
+        w.add("category = {0}", f.category)
     if f.status:
-        outer.append(f"status = ANY({inner.arg(list(f.status))})")
+        w.add("status = ANY({0})", list(f.status))
     if f.department:
-        outer.append(f"department = {inner.arg(f.department)}")
+        w.add("departments @> ARRAY[{0}]::text[]", f.department)
     if f.visible_to:
-        outer.append(f"department = {inner.arg(f.visible_to)}")
-    sql = f"SELECT * FROM ({TICKET_AGG}{inner.sql()} GROUP BY ticket_id) t"
-    if outer:
-        sql += " WHERE " + " AND ".join(outer)
-    return sql, inner
+        w.add("departments @> ARRAY[{0}]::text[]", f.visible_to)
+    return TICKET_SELECT + w.sql(), w
 
 
 def ticket_record(r: asyncpg.Record) -> dict[str, Any]:
     d = dict(r)
+    d["departments"] = list(d["departments"])
+    d["overdue"] = list(d["overdue"])
     d["location"] = {k: d.pop(k) for k in ("district", "street", "grid", "lat", "lon")}
     return d
 
@@ -417,8 +407,9 @@ async def list_tickets(conn: Conn, f: TicketFilter, limit: int,
     sql, w = _ticket_sql(f)
     if cursor:
         ts, tid = decode_cursor(cursor, 2)
-        sql = f"SELECT * FROM ({sql}) y WHERE (updated_at, ticket_id) < ({w.arg(_time(ts))}, {w.arg(str(tid))})"
-    sql += f" ORDER BY updated_at DESC, ticket_id DESC LIMIT {int(limit) + 1}"
+        cond = f"(updated, ticket_id) < ({w.arg(_time(ts))}, {w.arg(str(tid))})"
+        sql += (" AND " if w.parts else " WHERE ") + cond
+    sql += f" ORDER BY updated DESC, ticket_id DESC LIMIT {int(limit) + 1}"
     rows = await conn.fetch(sql, *w.args)
     items = [ticket_record(r) for r in rows[:limit]]
     nxt = (encode_cursor(rows[limit - 1]["updated_at"], rows[limit - 1]["ticket_id"])
@@ -441,7 +432,7 @@ async def tickets_by_ids(conn: Conn, ticket_ids: Sequence[str]) -> list[dict[str
     if not ticket_ids:
         return []
     sql, w = _ticket_sql(TicketFilter(ticket_ids=list(ticket_ids)))
-    return [ticket_record(r) for r in await conn.fetch(sql + " ORDER BY created_at", *w.args)]
+    return [ticket_record(r) for r in await conn.fetch(sql + " ORDER BY created", *w.args)]
 
 
 # ------------------------------------------------------------------ KPIs
@@ -465,27 +456,73 @@ class SlaPolicy:
                 f"THEN {w.arg(float(self.emergency_factor))}::float8 ELSE 1.0 END)")
 
 
-async def three_rates(conn: Conn, since: datetime, until: datetime, by: str,
-                      visible_to: str | None = None) -> list[dict[str, Any]]:
-    """三率 of 12345 tickets created in [since, until), grouped by department or district:
-    响应率 (response: left 'open'), 解决率 (resolution: resolved or closed), 满意率
-    (satisfaction: rated 4 or 5 of those rated)."""
-    key = {"department": "coalesce(department, 'unassigned')", "district": "district"}[by]
-    sql, w = _ticket_sql(TicketFilter(visible_to=visible_to))
-    a, b = w.arg(since), w.arg(until)
-    rows = await conn.fetch(
-        f"SELECT {key} AS key, count(*) AS tickets, count(responded_at) AS responded, "
-        "count(resolved_at) AS resolved, count(satisfaction) AS rated, "
-        "count(*) FILTER (WHERE satisfaction >= 4) AS satisfied "
-        f"FROM ({sql}) x WHERE created_at >= {a} AND created_at < {b} GROUP BY 1 ORDER BY 2 DESC, 1", *w.args)
+def months(since: datetime, until: datetime, tz: tzinfo) -> list[str]:
+    """The calendar months (local time, "YYYY-MM") that [since, until) touches."""
+    a = since.astimezone(tz)
+    b = (until - timedelta(microseconds=1)).astimezone(tz)
     out = []
+    y, m = a.year, a.month
+    while (y, m) <= (b.year, b.month):
+        out.append(f"{y:04d}-{m:02d}")
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return out
+
+
+async def three_rates(conn: Conn, since: datetime, until: datetime, by: str, visible_to: str | None = None, *,
+                      tz: tzinfo, district_name: Callable[[str], str | None] = lambda c: c) -> list[dict[str, Any]]:
+    """三率 as the worker computes them (streams.kpi, stored in hotline_kpi per
+    scope and month of ticket creation), summed over the months [since, until)
+    touches: 响应率 first contact within its deadline / first contact decided,
+    解决率 resolved within its deadline / resolution decided, 满意率 rated 4 or 5
+    / rated. `tickets` counts the scope's tickets created in those months.
+    A department sees its own scope only (district scopes cover every
+    department's tickets)."""
+    periods = months(since, until, tz)
+    if visible_to and by == "district":
+        return []
+    w = Where()
+    w.add("k.period = ANY({0})", periods)
+    w.parts.append("k.scope LIKE 'district:%'" if by == "district" else "k.scope NOT LIKE 'district:%'")
+    if visible_to:
+        w.add("k.scope = {0}", visible_to)
+    rows = await conn.fetch(f"SELECT k.scope, k.counts::text AS counts FROM hotline_kpi k{w.sql()}", *w.args)
+    sums: dict[str, dict[str, list[int]]] = {}
     for r in rows:
-        n = r["tickets"]
-        out.append({by: r["key"], "tickets": n, "responded": r["responded"], "resolved": r["resolved"],
-                    "rated": r["rated"], "satisfied": r["satisfied"],
-                    "response_rate": round(r["responded"] / n, 4) if n else None,
-                    "resolution_rate": round(r["resolved"] / n, 4) if n else None,
-                    "satisfaction_rate": round(r["satisfied"] / r["rated"], 4) if r["rated"] else None})
+        acc = sums.setdefault(r["scope"], {})
+        for kind, pair in orjson.loads(r["counts"]).items():
+            ok, n = acc.setdefault(kind, [0, 0])
+            acc[kind] = [ok + int(pair[0]), n + int(pair[1])]
+    if not sums:
+        return []
+    # tickets per scope created in those months (local calendar), as the KPI counts them
+    first = datetime.strptime(periods[0] + "-01", "%Y-%m-%d").replace(tzinfo=tz)
+    last = datetime.strptime(periods[-1] + "-01", "%Y-%m-%d").replace(tzinfo=tz)
+    end = (last + timedelta(days=32)).replace(day=1)
+    if by == "district":
+        names = {s: district_name(s.split(":", 1)[1]) or s.split(":", 1)[1] for s in sums}
+        counted = await conn.fetch("SELECT district AS k, count(*) AS n FROM hotline_tickets WHERE created >= $1 "
+                                   "AND created < $2 AND district = ANY($3) GROUP BY 1", first, end,
+                                   list(set(names.values())))
+        by_name = {r["k"]: r["n"] for r in counted}
+        tickets = {s: int(by_name.get(names[s], 0)) for s in sums}
+    else:
+        names = {s: s for s in sums}
+        counted = await conn.fetch("SELECT d AS k, count(*) AS n FROM hotline_tickets, unnest(departments) AS d "
+                                   "WHERE created >= $1 AND created < $2 AND d = ANY($3) GROUP BY 1", first, end,
+                                   list(sums))
+        tickets = {s: 0 for s in sums} | {r["k"]: int(r["n"]) for r in counted}
+
+    def rate(pair: list[int]) -> float | None:
+        return round(pair[0] / pair[1], 4) if pair[1] else None
+
+    out: list[dict[str, Any]] = []
+    for scope, acc in sums.items():
+        resp, res, sat = (acc.get(k, [0, 0]) for k in ("response", "resolution", "satisfaction"))
+        out.append({by: names[scope], "tickets": tickets[scope], "responded": resp[0], "resolved": res[0],
+                    "rated": sat[1], "satisfied": sat[0], "response_rate": rate(resp), "resolution_rate": rate(res),
+                    "satisfaction_rate": rate(sat), "response_decided": resp[1], "resolution_decided": res[1],
+                    "periods": periods})
+    out.sort(key=lambda r: (-int(r["tickets"]), str(r[by])))
     return out
 
 

@@ -6,6 +6,7 @@ JSON, and as a printable HTML page (no scripts, no external resources)."""
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -93,7 +94,8 @@ async def _recurring(conn: q.Conn, since: datetime, until: datetime, prev: datet
 
 
 async def build_report(conn: q.Conn, period: str, day: date, tz: ZoneInfo, sla: q.SlaPolicy,
-                       visible_to: str | None = None) -> dict[str, Any]:
+                       visible_to: str | None = None,
+                       district_name: Callable[[str], str | None] = lambda c: c) -> dict[str, Any]:
     prev, start, end = period_range(period, day, tz)
     cur = await _counts(conn, start, end, visible_to)
     old = await _counts(conn, prev, start, visible_to)
@@ -111,8 +113,9 @@ async def build_report(conn: q.Conn, period: str, day: date, tz: ZoneInfo, sla: 
         "period": period, "title": TITLES[period][0], "title_en": TITLES[period][1],
         "timezone": str(tz), "start": start, "end": end, "previous_start": prev,
         "alerts": cur["alerts"], "tickets": cur["tickets"], "trend": trend,
-        "three_rates": {"by_department": await q.three_rates(conn, start, end, "department", visible_to),
-                        "by_district": await q.three_rates(conn, start, end, "district", visible_to)},
+        "three_rates": {"by_department": await q.three_rates(conn, start, end, "department", visible_to, tz=tz),
+                        "by_district": await q.three_rates(conn, start, end, "district", visible_to, tz=tz,
+                                                           district_name=district_name)},
         "alert_handling": await q.alert_rates(conn, start, end, "department", sla, visible_to),
         "recurring": await _recurring(conn, start, end, prev, visible_to),
     }

@@ -26,6 +26,7 @@ from opscenter.auth import TokenStore
 from opscenter.settings import OpscenterSettings
 from opscenter.testing import ServerThread, drop_schema, make_alert, migrate_schema, store
 from schemas import AlertAction, HotlineEvent, Incident, SensorReading
+from schemas.tickets import KpiRecord, TicketRecord
 from storage.db import create_pool
 
 pytestmark = pytest.mark.integration
@@ -107,7 +108,31 @@ def _seed_models(u: str) -> dict[str, Any]:
     hot += [ev("5", 0, "created", "open", "eeb", 45, category="air_pollution", location=air),
             ev("5", 1, "status", "dispatched", "eeb", 46, category="air_pollution", location=air),
             ev("6", 0, "created", "open", "eeb", 47, category="odour", location=air)]
-    return {"alerts": alerts, "readings": readings, "actions": actions, "incidents": incidents, "hotline": hot}
+    # what the worker's hotline workflow made of those calls (city.hotline.tickets, city.kpi): the API reads these
+    def tk(tid: str, status: str, dept: str, created: int, updated: int, responded: int | None = None,
+           resolved: int | None = None, **kw: Any) -> TicketRecord:
+        at = lambda m: None if m is None else T0 + timedelta(minutes=m)  # noqa: E731
+        return TicketRecord(ticket_id=f"tk-{u}-{tid}", revision=3, change="updated", category=kw.pop("category", "flooding"),
+                            urgency="normal", status=status, location=kw.pop("location", LOC_HD), departments=(dept,),
+                            created=at(created), first_contact_by=at(created + 60), resolve_by=at(created + 24 * 60),
+                            responded_at=at(responded), resolved_at=at(resolved), updated=at(updated), **kw)
+    tickets = [tk("1", "closed", "water", 41, 70, 60, 60, satisfaction=5, caller_ref="cr-1",
+                  description="积水 call me 13712345678"),
+               tk("2", "in_progress", "water", 42, 50, 50), tk("3", "closed", "water", 43, 65, 55, 55, satisfaction=2),
+               tk("4", "open", "water", 44, 44),
+               tk("5", "dispatched", "eeb", 45, 46, category="air_pollution", location=air),
+               tk("6", "open", "eeb", 47, 47, category="odour", location=air)]
+    month = T0.astimezone(TZ).strftime("%Y-%m")
+    water_counts = {"response": (3, 4), "resolution": (2, 4), "satisfaction": (1, 2)}
+    eeb_counts = {"response": (1, 2), "resolution": (0, 1), "satisfaction": (0, 0)}
+    kpi = [KpiRecord(scope=scope, period=month, revision=5, counts=c,
+                     response_rate=c["response"][0] / c["response"][1],
+                     resolution_rate=c["resolution"][0] / c["resolution"][1],
+                     satisfaction_rate=c["satisfaction"][0] / c["satisfaction"][1] if c["satisfaction"][1] else None)
+           for scope, c in (("water", water_counts), ("district:haidian", water_counts), ("eeb", eeb_counts),
+                            ("district:chaoyang", eeb_counts))]
+    return {"alerts": alerts, "readings": readings, "actions": actions, "incidents": incidents, "hotline": hot,
+            "tickets": tickets, "kpi": kpi}
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +147,7 @@ def env(database_url: str, kafka_bootstrap: str) -> Iterator[Env]:
     async def setup() -> tuple[dict[str, str], dict[str, str]]:
         await migrate_schema(database_url, schema)
         await ensure_topics(kafka_bootstrap, pipeline_topics(Topics(prefix), 2))
-        for kind in ("alerts", "readings", "actions", "incidents", "hotline"):
+        for kind in ("alerts", "readings", "actions", "incidents", "hotline", "tickets", "kpi"):
             await store(database_url, schema, kind, models[kind])
         pool = await create_pool(database_url, schema, min_size=1, max_size=2)
         try:
@@ -422,9 +447,13 @@ def test_sensors_latest_and_series(env: Env) -> None:
 def test_kpis_three_rates_and_sla(env: Env) -> None:
     since, until = (T0 - timedelta(minutes=1)).isoformat(), (T0 + timedelta(hours=2)).isoformat()
     k = env.get("water", "/api/v1/kpis", since=since, until=until).json()
+    # the worker's 三率 (hotline_kpi) of the month, and the month's tickets (hotline_tickets)
+    month = T0.astimezone(TZ).strftime("%Y-%m")
     water = [r for r in k["three_rates"]["by_department"] if r["department"] == "water"]
     assert water == [{"department": "water", "tickets": 4, "responded": 3, "resolved": 2, "rated": 2, "satisfied": 1,
-                      "response_rate": 0.75, "resolution_rate": 0.5, "satisfaction_rate": 0.5}]
+                      "response_rate": 0.75, "resolution_rate": 0.5, "satisfaction_rate": 0.5,
+                      "response_decided": 4, "resolution_decided": 4, "periods": [month]}]
+    assert k["three_rates"]["by_district"] == []  # district scopes cover every department's tickets
     assert k["scope"] == "water"
     assert k["open_by_severity"]["II"] == 6
     assert k["sla_breaches"]["open_unacknowledged"] == 6
@@ -432,10 +461,14 @@ def test_kpis_three_rates_and_sla(env: Env) -> None:
     assert ah == [{"department": "water", "alerts": 6, "acknowledged": 0, "resolved": 0, "ack_breached": 6,
                    "ack_rate": 0.0, "resolution_rate": 0.0}]
     eeb = env.get("eeb", "/api/v1/kpis", since=since, until=until).json()
-    assert eeb["three_rates"]["by_department"][0]["tickets"] == 2
+    assert [(r["department"], r["tickets"], r["response_rate"], r["satisfaction_rate"])
+            for r in eeb["three_rates"]["by_department"]] == [("eeb", 2, 0.5, None)]
     assert eeb["escalations"] >= 0
     ops = env.get("ops", "/api/v1/kpis", since=since, until=until).json()
-    assert {r["district"] for r in ops["three_rates"]["by_district"]} >= {"海淀区", "朝阳区"}
+    by_district = {r["district"]: r for r in ops["three_rates"]["by_district"]}
+    assert set(by_district) == {"海淀区", "朝阳区"}
+    assert by_district["海淀区"]["tickets"] == 4 and by_district["海淀区"]["resolution_rate"] == 0.5
+    assert {r["department"] for r in ops["three_rates"]["by_department"]} == {"water", "eeb"}
 
 
 def test_reports_json_and_printable_html(env: Env) -> None:
