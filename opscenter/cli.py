@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -77,7 +78,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         lines.append(f"open the dashboard as ops: {url}#token={ops_token}")
         print("\n".join(lines), flush=True)
 
-    app = create_app(settings, on_ready=on_ready)
+    # a replay started from the API runs its worker with this process's environment, as `citybrain replay` does
+    app = create_app(settings, on_ready=on_ready, replay_env=dict(os.environ))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
                             access_log=args.access_log, timeout_graceful_shutdown=3)
     uvicorn.Server(config).run()

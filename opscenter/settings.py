@@ -45,6 +45,11 @@ class OpscenterSettings(BaseSettings):
     resolve_minutes: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RESOLVE_MINUTES))
     emergency_sla_factor: float = Field(default=0.5, gt=0, le=10)
     report_timezone: str = "Asia/Shanghai"
+    # replays started from the API (POST /api/v1/replays): storage.replay's engine in this process
+    replay_run_root: str = ".run/replay"
+    replay_max_running: int = Field(default=1, ge=1, le=8, description="runs at a time (each runs a worker)")
+    replay_max_range_days: float = Field(default=31, gt=0)
+    replay_partitions: int = Field(default=0, ge=0, description="0: as many as the live readings topic has")
 
     @property
     def topics(self) -> Topics:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -169,7 +170,7 @@ def env(database_url: str, kafka_bootstrap: str) -> Iterator[Env]:
     settings = OpscenterSettings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
                                  db_schema=schema, topic_prefix=prefix, client_id=f"test-opscenter-{u}",
                                  feed_keepalive_s=1.0)
-    app = create_app(settings)
+    app = create_app(settings, replay_env=dict(os.environ))
     try:
         with ServerThread(app) as srv:
             st = app.state.ops
@@ -208,11 +209,16 @@ ROUTES: list[tuple[str, str, Any, set[str]]] = [
     ("POST", "/api/v1/tokens", {"name": "x", "role": "engineer", "ttl_hours": 1}, {"engineer", "eeb", "water", "ema"}),
     ("DELETE", "/api/v1/tokens/{token_id}", None, {"engineer", "eeb", "water", "ema"}),
     ("GET", "/api/v1/feed", None, set()),
+    # engineers and ops; the body is checked after the role (422 here: `from` after `to`, nothing starts)
+    ("POST", "/api/v1/replays", {"from": "2026-01-02T00:00:00+00:00", "to": "2026-01-01T00:00:00+00:00"},
+     {"eeb", "water", "ema"}),
+    ("GET", "/api/v1/replays", None, {"eeb", "water", "ema"}),
+    ("GET", "/api/v1/replays/{run}", None, {"eeb", "water", "ema"}),
 ]
 
 
 def _call(env: Env, who: str | None, method: str, path: str, body: Any, raw_token: str | None = None) -> httpx.Response:
-    path = U(env, path).replace("{period}", "daily").replace("{token_id}", "nonexistent0")
+    path = U(env, path).replace("{period}", "daily").replace("{token_id}", "nonexistent0").replace("{run}", "no_such_run")
     headers = {}
     if raw_token is not None:
         headers["Authorization"] = raw_token
@@ -259,7 +265,8 @@ def test_403_outside_the_role_and_allowed_inside(env: Env, method: str, path: st
             assert r.status_code == 403, (who, r.status_code, r.text)
             assert r.json()["error"] == "forbidden" and r.json()["reason"]
         else:
-            expected = {404} if path.startswith("/api/v1/tokens/") else {200, 201, 202}
+            expected = ({404} if path.startswith(("/api/v1/tokens/", "/api/v1/replays/"))
+                        else {422} if (method, path) == ("POST", "/api/v1/replays") else {200, 201, 202})
             assert r.status_code in expected, (who, r.status_code, r.text)
 
 
@@ -368,6 +375,32 @@ def test_bad_mode_scope_is_400(env: Env) -> None:
         assert c.post("/api/v1/mode", json={"scope": "district:atlantis", "mode": "emergency"}).status_code == 400
         assert c.post("/api/v1/mode", json={"scope": "planet", "mode": "emergency"}).status_code == 400
         assert c.post("/api/v1/mode", json={"scope": "city", "mode": "panic"}).status_code == 400
+
+
+@pytest.mark.parametrize("body,needle", [
+    ({"from": "2026-01-02T00:00:00+00:00", "to": "2026-01-01T00:00:00+00:00"}, "from must be before to"),
+    ({"from": "2026-01-01T00:00:00", "to": "2026-01-02T00:00:00+00:00"}, "time zone"),
+    ({"from": "2025-01-01T00:00:00+00:00", "to": "2025-06-01T00:00:00+00:00"}, "range longer than 31 days"),
+    ({"from": "2026-01-01T00:00:00+00:00", "to": "2026-01-02T00:00:00+00:00", "speed": "fast"}, "speed 'fast'"),
+    ({"from": "2026-01-01T00:00:00+00:00", "to": "2026-01-02T00:00:00+00:00", "area": "atlantis"},
+     "area 'atlantis' is not a known district"),
+    ({"from": "2026-01-01T00:00:00+00:00", "to": "2026-01-02T00:00:00+00:00", "run": "Bad-Id"}, "run 'Bad-Id'"),
+    ({"from": "2026-01-01T00:00:00+00:00", "to": "2026-01-02T00:00:00+00:00", "rules": "/etc/x"},
+     "rules: Extra inputs are not permitted"),
+    ({"to": "2026-01-02T00:00:00+00:00"}, "from: Field required"),
+    ({"from": "2099-01-01T00:00:00+00:00", "to": "2099-01-02T00:00:00+00:00"}, "in the future"),
+    ([1, 2], "Input should be a valid dictionary"),
+])
+def test_bad_replay_requests_are_422_with_a_reason(env: Env, body: Any, needle: str) -> None:
+    with env.client("engineer") as c:
+        r = c.post("/api/v1/replays", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "unprocessable" and needle in r.json()["reason"], r.json()
+    with env.client("engineer") as c:
+        r = c.post("/api/v1/replays", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["reason"]
+    runs = env.get("ops", "/api/v1/replays").json()["items"]
+    assert runs == []  # nothing was started
 
 
 def test_alert_detail_has_evidence_history_actions_series_and_sla(env: Env) -> None:

@@ -1,0 +1,205 @@
+"""Replays started from the API (engineers and the operations center).
+
+A request is checked here (range, area, sensors, speed, warm-up), then run by
+storage's replay engine (`storage.replay.run_replay`, the same as `citybrain
+replay`) as a task of the opscenter's event loop: its worker is a child
+process, the run's topics are `replay.<run>.*`, its row is in `replay_runs`
+and the engine appends it to the audit trail ("replay.run"); the API adds
+who asked for it ("replay.request", the token's name). The list and the
+status come from `replay_runs`; a finished run's diff from its diff.json.
+
+At most `max_running` runs at a time per opscenter process: each runs a
+worker, which is the heavy part on a small machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from citybrain.errors import CityBrainError
+from storage.replay_diff import RUN_RE, Scope, new_run_id, parse_speed
+
+log = logging.getLogger("citybrain.opscenter.replays")
+
+
+class ReplayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: datetime = Field(alias="from", description="start of the range, ISO 8601 with zone (inclusive)")
+    to: datetime = Field(description="end of the range, ISO 8601 with zone (exclusive)")
+    area: str | None = Field(default=None, max_length=64, description="district (name or code) or street name")
+    sensors: list[str] = Field(default_factory=list, max_length=500, description="only these sensors")
+    ignore_rules: list[str] = Field(default_factory=list, max_length=50,
+                                    description="leave alerts of these rules out of the comparison")
+    speed: str = Field(default="max", max_length=16, description="'max' or Nx: N event seconds per wall second")
+    warmup_minutes: float = Field(default=0, ge=0, le=7 * 24 * 60,
+                                  description="also replay this much before `from` to build detector state")
+    run: str | None = Field(default=None, max_length=41, description=f"run id ({RUN_RE.pattern}); default: new")
+
+
+class Invalid(ValueError):
+    """A replay request that cannot run: 422 with this reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan:
+    run: str
+    scope: Scope
+    speed: float | None
+    warmup: timedelta
+
+
+def plan(body: ReplayIn, now: datetime, *, max_range: timedelta, area_name: Callable[[str], str | None]) -> ReplayPlan:
+    """Pure: the request checked and normalised (area code -> stored name)."""
+    for name, t in (("from", body.from_), ("to", body.to)):
+        if t.tzinfo is None or t.utcoffset() is None:
+            raise Invalid(f"{name} must carry a time zone, e.g. 2026-07-01T08:00:00+08:00")
+    if body.from_ >= body.to:
+        raise Invalid("from must be before to")
+    if body.to - body.from_ > max_range:
+        raise Invalid(f"range longer than {max_range.total_seconds() / 86400:g} days")
+    if body.from_ > now:
+        raise Invalid("from is in the future: nothing recorded to replay")
+    area = None
+    if body.area:
+        area = area_name(body.area)
+        if area is None:
+            raise Invalid(f"area {body.area!r} is not a known district (name or code) or street")
+    try:
+        speed = parse_speed(body.speed)
+    except CityBrainError as exc:
+        raise Invalid(str(exc)) from None
+    sensors = tuple(s.strip() for s in body.sensors if s.strip())
+    if len(sensors) != len(body.sensors):
+        raise Invalid("sensors: empty sensor id")
+    run = body.run or new_run_id(now)
+    if not RUN_RE.match(run):
+        raise Invalid(f"run {run!r} must match {RUN_RE.pattern}")
+    scope = Scope(body.from_, body.to, area, sensors, tuple(body.ignore_rules))
+    return ReplayPlan(run, scope, speed, timedelta(minutes=body.warmup_minutes))
+
+
+@dataclass
+class _Local:
+    """A run this process started: what the table cannot say yet (starting) or at all (an early failure)."""
+
+    task: asyncio.Task[Any]
+    requested_by: str
+    requested_at: datetime
+    plan: ReplayPlan
+    error: str | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ReplayManager:
+    def __init__(self, *, database_url: SecretStr, bootstrap: str, schema: str, run_root: str,
+                 base_env: Mapping[str, str] | None, partitions: int, max_running: int,
+                 clock: Callable[[], datetime]) -> None:
+        self.database_url = database_url
+        self.bootstrap = bootstrap
+        self.schema = schema
+        self.run_root = run_root
+        self.base_env = dict(base_env) if base_env is not None else None
+        self.partitions = partitions
+        self.max_running = max_running
+        self.clock = clock
+        self.local: dict[str, _Local] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.base_env is not None
+
+    def running(self) -> int:
+        return sum(1 for x in self.local.values() if not x.task.done())
+
+    def _settings(self) -> Any:
+        from storage.replay import ReplaySettings
+
+        # built from the opscenter's own settings: no second read of the environment
+        return ReplaySettings.model_construct(database_url=self.database_url,
+                                              kafka_bootstrap_servers=self.bootstrap, db_schema=self.schema,
+                                              run_root=self.run_root, partitions=self.partitions)
+
+    def start(self, p: ReplayPlan, requested_by: str) -> None:
+        from storage.replay import ReplayRequest, run_replay
+
+        assert self.base_env is not None
+        req = ReplayRequest(run=p.run, scope=p.scope, warmup=p.warmup, speed=p.speed)
+        stop = asyncio.Event()
+
+        async def go() -> None:
+            try:
+                out = await run_replay(self._settings(), req, stop=stop, base_env=self.base_env or {},
+                                       now=self.clock, progress=lambda s: log.info("replay %s: %s", p.run, s))
+                log.info("replay %s %s: %s readings", p.run, out.status, out.readings)
+            except Exception as exc:
+                # whatever ends a run, the opscenter keeps serving; the run says why it failed
+                self.local[p.run].error = f"{type(exc).__name__}: {exc}"
+                log.warning("replay %s failed: %s", p.run, exc)
+
+        task = asyncio.get_running_loop().create_task(go(), name=f"replay-{p.run}")
+        self.local[p.run] = _Local(task, requested_by, self.clock(), p, stop=stop)
+
+    async def stop_all(self) -> None:
+        for x in self.local.values():
+            x.stop.set()
+        for x in self.local.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(x.task), 60)
+
+    # ------------------------------------------------------------ reading
+    @staticmethod
+    def row_json(r: Mapping[str, Any]) -> dict[str, Any]:
+        return {"run": r["run_id"], "status": r["status"], "started_at": r["started_at"],
+                "finished_at": r["finished_at"], "from": r["range_from"], "to": r["range_to"], "area": r["area"],
+                "sensors": list(r["sensors"]), "speed": r["speed"], "readings": r["readings"],
+                "hotline": r["hotline"], "summary": orjson.loads(r["summary"]) if r["summary"] else None,
+                "topics_kept": r["topics_kept"], "cleaned": r["cleaned_at"] is not None}
+
+    def local_json(self, run: str) -> dict[str, Any] | None:
+        x = self.local.get(run)
+        if x is None:
+            return None
+        s = x.plan.scope
+        status = "failed" if x.error else ("starting" if not x.task.done() else "unknown")
+        speed = "max" if x.plan.speed is None else f"{x.plan.speed:g}x"
+        return {"run": run, "status": status, "started_at": None, "finished_at": None, "from": s.start,
+                "to": s.end, "area": s.area, "sensors": list(s.sensors), "speed": speed, "readings": 0,
+                "hotline": 0, "summary": None, "topics_kept": False, "cleaned": False, "error": x.error}
+
+    def decorate(self, item: dict[str, Any]) -> dict[str, Any]:
+        x = self.local.get(item["run"])
+        if x is not None:
+            item["requested_by"] = x.requested_by
+            if x.error:
+                item["error"] = x.error
+        return item
+
+    async def list(self, conn: Any, limit: int) -> list[dict[str, Any]]:
+        rows = await conn.fetch("SELECT * FROM replay_runs ORDER BY started_at DESC, run_id DESC LIMIT $1", limit)
+        items = [self.decorate(self.row_json(r)) for r in rows]
+        known = {i["run"] for i in items}
+        extra = [j for run in self.local if run not in known and (j := self.local_json(run)) is not None]
+        return extra + items
+
+    async def get(self, conn: Any, run: str) -> dict[str, Any] | None:
+        r = await conn.fetchrow("SELECT * FROM replay_runs WHERE run_id = $1", run)
+        if r is None:
+            return self.local_json(run)
+        item = self.decorate(self.row_json(r))
+        if r["status"] == "done" and r["run_dir"]:
+            path = Path(r["run_dir"]) / "diff.json"
+            try:
+                item["diff"] = orjson.loads(path.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                item["diff"] = None  # another host's run, or its directory removed: the summary stands
+        return item
