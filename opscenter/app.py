@@ -368,12 +368,11 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
     async def get_alert(request: Request, p: Who, alert_id: Annotated[str, PathParam(max_length=128)]) -> JSON:
         dq = parse_query(AlertDetailQuery, request)
         before_minutes, after_minutes, resolution = dq.before_minutes, dq.after_minutes, dq.resolution
-        a = await q.get_alert_detail(pool(), alert_id)
+        a = await q.get_alert_detail(pool(), alert_id, before_minutes, after_minutes, resolution)
         if a is None:
             raise HTTPException(404, f"no alert {alert_id}")
         if not p.can_see_alert(a["departments"]):
             raise HTTPException(403, f"alert {alert_id} is not routed to {p.department}")
-        conn = pool()
         history = a.pop("history")
         actions = a.pop("actions")
         acks = [x["ts"] for x in actions if x["action"] == "ack"]
@@ -384,19 +383,12 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
         a["trigger_sent_at"] = payload.get("trigger_sent_at")
         actions = [dict(x, comment=mask_text(x["comment"]) if x["comment"] else x["comment"]) for x in actions]
         ev = a["evidence"]
-        ws = datetime.fromisoformat(ev["window_start"])
-        we = datetime.fromisoformat(ev["window_end"])
-        s_since = ws - timedelta(minutes=before_minutes)
-        s_until = max(we, a["last_seen"]) + timedelta(minutes=after_minutes)
-        res = q.auto_resolution(s_since, s_until) if resolution == "auto" else resolution
-        points: list[dict[str, Any]] = []
-        if a.get("sensor_type"):
-            points = await q.series(conn, a["subject"], s_since, s_until, res)
+        series = {"sensor_id": a["subject"] if a.get("sensor_type") else None, "resolution": a.pop("series_resolution"),
+                  "since": a.pop("series_since"), "until": a.pop("series_until"), "threshold": ev.get("threshold"),
+                  "baseline": (ev.get("details") or {}).get("baseline"), "points": a.pop("points")}
         a["history"] = history
         a["actions"] = actions
-        a["series"] = {"sensor_id": a["subject"] if a.get("sensor_type") else None, "resolution": res,
-                       "since": s_since, "until": s_until, "threshold": ev.get("threshold"),
-                       "baseline": (ev.get("details") or {}).get("baseline"), "points": points}
+        a["series"] = series
         return JSON(a)
 
     @app.post(f"{API}/alerts/{{alert_id}}/actions", tags=["alerts"], status_code=202,

@@ -169,19 +169,42 @@ async def get_alert(conn: Conn, alert_id: str) -> dict[str, Any] | None:
 HISTORY_FIELDS = ("revision", "status", "severity", "departments", "last_seen", "recorded_at")
 ACTION_FIELDS = ("ts", "event_id", "action", "actor", "actor_department", "comment", "target_department",
                  "satisfaction")
-_DETAIL_SQL = (
-    f"SELECT {ALERT_LIST_COLUMNS}, payload::text AS payload, "
-    f"ARRAY(SELECT ROW({', '.join(HISTORY_FIELDS)}) FROM alert_history h "
-    "WHERE h.alert_id = a.alert_id AND h.first_seen = a.first_seen ORDER BY revision) AS history, "
-    f"ARRAY(SELECT ROW({', '.join(ACTION_FIELDS)}) FROM alert_actions x "
-    "WHERE x.alert_id = a.alert_id ORDER BY ts, event_id) AS actions "
-    "FROM alerts a WHERE alert_id = $1")
+_SERIES_MAX = 5000
+_DETAIL_SQL = f"""
+WITH a AS (
+  SELECT {ALERT_LIST_COLUMNS}, payload::text AS payload,
+         ARRAY(SELECT ROW({', '.join(HISTORY_FIELDS)}) FROM alert_history h
+                WHERE h.alert_id = al.alert_id AND h.first_seen = al.first_seen ORDER BY revision) AS history,
+         ARRAY(SELECT ROW({', '.join(ACTION_FIELDS)}) FROM alert_actions x
+                WHERE x.alert_id = al.alert_id ORDER BY ts, event_id) AS actions,
+         (evidence->>'window_start')::timestamptz - make_interval(mins => $2::int) AS s_since,
+         greatest((evidence->>'window_end')::timestamptz, last_seen) + make_interval(mins => $3::int) AS s_until
+    FROM alerts al WHERE alert_id = $1),
+r AS (
+  SELECT CASE WHEN $4::text <> 'auto' THEN $4::text
+              WHEN s_until - s_since <= interval '6 hours' THEN 'raw'
+              WHEN s_until - s_since <= interval '3 days' THEN '1m' ELSE '1h' END AS res FROM a)
+SELECT a.*, r.res,
+  ARRAY(SELECT ROW(ts, value) FROM readings
+         WHERE r.res = 'raw' AND a.sensor_type IS NOT NULL AND sensor_id = a.subject
+           AND ts >= a.s_since AND ts < a.s_until ORDER BY ts LIMIT {_SERIES_MAX}) AS raw_points,
+  ARRAY(SELECT ROW(bucket, vavg, vmin, vmax, n) FROM readings_1m
+         WHERE r.res = '1m' AND a.sensor_type IS NOT NULL AND sensor_id = a.subject
+           AND bucket >= a.s_since AND bucket < a.s_until ORDER BY bucket LIMIT {_SERIES_MAX}) AS m_points,
+  ARRAY(SELECT ROW(bucket, vavg, vmin, vmax, n) FROM readings_1h
+         WHERE r.res = '1h' AND a.sensor_type IS NOT NULL AND sensor_id = a.subject
+           AND bucket >= a.s_since AND bucket < a.s_until ORDER BY bucket LIMIT {_SERIES_MAX}) AS h_points
+FROM a, r
+"""
 
 
-async def get_alert_detail(conn: Conn, alert_id: str) -> dict[str, Any] | None:
-    """The alert with its history and actions in one round trip (as get_alert,
-    alert_history and alert_actions give them)."""
-    r = await conn.fetchrow(_DETAIL_SQL, alert_id)
+async def get_alert_detail(conn: Conn, alert_id: str, before_minutes: int = 120, after_minutes: int = 60,
+                           resolution: str = "auto") -> dict[str, Any] | None:
+    """The alert with its history, its actions and the sensor's series around
+    its window in one round trip (as get_alert, alert_history, alert_actions,
+    auto_resolution and series give them): `series_since`, `series_until`,
+    `series_resolution`, `points`."""
+    r = await conn.fetchrow(_DETAIL_SQL, alert_id, before_minutes, after_minutes, resolution)
     if r is None:
         return None
     d = alert_record(r)
@@ -190,6 +213,17 @@ async def get_alert_detail(conn: Conn, alert_id: str) -> dict[str, Any] | None:
     for h in d["history"]:
         h["departments"] = list(h["departments"])
     d["actions"] = [dict(zip(ACTION_FIELDS, x, strict=True)) for x in d["actions"]]
+    res = d.pop("res")
+    d["series_resolution"] = res
+    d["series_since"] = d.pop("s_since")
+    d["series_until"] = d.pop("s_until")
+    if res == "raw":
+        d["points"] = [{"ts": t, "value": v} for t, v in d["raw_points"]]
+    else:
+        d["points"] = [{"ts": t, "value": v, "min": lo, "max": hi, "n": n}
+                       for t, v, lo, hi, n in d["m_points" if res == "1m" else "h_points"]]
+    for k in ("raw_points", "m_points", "h_points"):
+        del d[k]
     return d
 
 

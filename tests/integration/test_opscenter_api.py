@@ -413,6 +413,14 @@ def test_alert_detail_has_evidence_history_actions_series_and_sla(env: Env) -> N
     assert s["sensor_id"] == f"aq-{u}-0" and s["resolution"] == "raw" and s["threshold"] == 150.0
     assert s["baseline"] == 60.0
     assert len(s["points"]) == 120  # T0-90min .. T0+30min, all inside the window
+    ws, we = (datetime.fromisoformat(a["evidence"][k]) for k in ("window_start", "window_end"))
+    assert datetime.fromisoformat(s["since"]) == ws - timedelta(minutes=120)
+    assert datetime.fromisoformat(s["until"]) == max(we, datetime.fromisoformat(a["last_seen"])) + timedelta(minutes=60)
+    assert s["points"][0] == {"ts": (T0 - timedelta(minutes=90)).isoformat(), "value": 10.0}
+    wide = env.get("ops", f"/api/v1/alerts/a-{u}-eeb-00", before_minutes=4 * 24 * 60).json()["series"]
+    assert wide["resolution"] == "1h"  # auto: more than 3 days
+    narrow = env.get("ops", f"/api/v1/alerts/a-{u}-eeb-00", before_minutes=0, after_minutes=0).json()["series"]
+    assert [p["ts"] for p in narrow["points"]] == [p["ts"] for p in s["points"] if p["ts"] >= ws.isoformat()]
     assert a["sla"]["clock"] == "ack" and a["sla"]["breached"] is True
     acked = env.get("ops", f"/api/v1/alerts/a-{u}-eeb-01").json()
     assert acked["actions"][0]["action"] == "ack" and acked["sla"]["acknowledged_at"]
