@@ -4,13 +4,20 @@ producer's first record never auto-creates a topic with the wrong shape."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    NotControllerError,
+    RequestTimedOutError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 
-from citybrain.errors import TransientError
+from citybrain.errors import PermanentError, TransientError
 from citybrain.topics import Topics
 
 log = logging.getLogger("citybrain.kafka")
@@ -42,12 +49,9 @@ async def ensure_topics(bootstrap: str, wanted: dict[str, int], timeout_s: float
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            missing = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
+            missing = {name: n for name, n in wanted.items() if name not in existing}
             if missing:
-                try:
-                    await admin.create_topics(missing)
-                except TopicAlreadyExistsError:
-                    pass
+                await create_topics(admin, missing)
             return
         except KafkaConnectionError as exc:
             if asyncio.get_running_loop().time() > deadline:
@@ -56,3 +60,53 @@ async def ensure_topics(bootstrap: str, wanted: dict[str, int], timeout_s: float
             await asyncio.sleep(1)
         finally:
             await admin.close()
+
+
+async def create_topics(admin: AIOKafkaAdminClient, wanted: dict[str, int]) -> None:
+    """One CreateTopics request; a topic that already exists (another worker
+    raced us) is fine, any other refusal (not authorised, bad config) raises:
+    the response carries per-topic errors that aiokafka does not raise itself."""
+    resp = await admin.create_topics([NewTopic(name, n, 1) for name, n in wanted.items()])
+    for entry in resp.topic_errors:
+        name, code = entry[0], entry[1]
+        if code in (0, TopicAlreadyExistsError.errno):
+            continue
+        err = for_code(code)
+        detail = entry[2] if len(entry) > 2 and entry[2] else err.__name__
+        raise PermanentError(f"Kafka refused to create topic {name}: {detail} (error {code})")
+
+
+class TopicCreator:
+    """Creates topics on first use at run time (a department's topic when its
+    first alert is routed) through one long-lived admin client: no full
+    metadata fetch per topic, which costs seconds on a broker with thousands
+    of topics."""
+
+    def __init__(self, bootstrap: str, client_kwargs: dict[str, Any] | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.client_kwargs = client_kwargs or {}
+        self._admin: AIOKafkaAdminClient | None = None
+        self._lock = asyncio.Lock()
+
+    async def ensure(self, wanted: dict[str, int]) -> None:
+        async with self._lock:
+            for attempt in range(3):
+                try:
+                    if self._admin is None:
+                        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10000,
+                                                    **self.client_kwargs)
+                        await admin.start()
+                        self._admin = admin
+                    await create_topics(self._admin, wanted)
+                    return
+                except (KafkaConnectionError, NotControllerError, RequestTimedOutError) as exc:
+                    await self.close()
+                    if attempt == 2:
+                        raise TransientError(f"Kafka at {self.bootstrap}: cannot create {sorted(wanted)}: {exc}") from exc
+                    await asyncio.sleep(1)
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            admin, self._admin = self._admin, None
+            with contextlib.suppress(Exception):
+                await admin.close()

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from citybrain.dlq import dlq_headers
-from citybrain.kafka_admin import ensure_topics
+from citybrain.kafka_admin import TopicCreator
 from citybrain.topics import Topics
 from schemas import Alert
 from streams.emergency import NORMAL, ModeInfo, mode_for
@@ -76,13 +76,21 @@ class WorkerContext:
     alerts_topic: Any
     extras: dict[str, Any] = field(default_factory=dict)  # per-module handles (tests, tools)
     _dept_topics: dict[str, Any] = field(default_factory=dict)
+    _topic_creator: TopicCreator | None = None
+
+    @property
+    def topic_creator(self) -> TopicCreator:
+        """Department topics are created on first use, through one admin client."""
+        if self._topic_creator is None:
+            s = self.settings
+            self._topic_creator = TopicCreator(s.kafka_bootstrap_servers, s.kafka_security.aiokafka_kwargs())
+        return self._topic_creator
 
     async def dept_topic(self, code: str) -> Any:
         """`city.alerts.dept.<code>`, created on first use with the pipeline's partition count."""
         if code not in self._dept_topics:
             name = self.topics.dept(code)
-            await ensure_topics(self.settings.kafka_bootstrap_servers, {name: self.settings.partitions},
-                                client_kwargs=self.settings.kafka_security.aiokafka_kwargs())
+            await self.topic_creator.ensure({name: self.settings.partitions})
             self._dept_topics[code] = self.app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw")
         return self._dept_topics[code]
 

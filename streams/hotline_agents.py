@@ -46,7 +46,6 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from citybrain.kafka_admin import ensure_topics
 from schemas import Alert, HotlineEvent, Incident
 from streams import kpi
 from streams.alerting import AlertPolicy, apply_signal
@@ -466,8 +465,7 @@ def register(ctx: WorkerContext) -> None:
     async def dept_ticket_topic(code: str) -> Any:
         if code not in ticket_depts:
             name = topics.hotline_dept(code)
-            await ensure_topics(s.kafka_bootstrap_servers, {name: s.partitions},
-                                client_kwargs=s.kafka_security.aiokafka_kwargs())
+            await ctx.topic_creator.ensure({name: s.partitions})
             ticket_depts[code] = app.topic(name, **raw)
         return ticket_depts[code]
 
@@ -512,7 +510,7 @@ def register(ctx: WorkerContext) -> None:
 
     @app.agent(hotline_topic, name="hotline-workflow")
     async def hotline_workflow(stream: Any) -> None:
-        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+        async for events in stream.take_events(s.batch_max, within=s.hotline_batch_within_s):
             async with ticket_lock:
                 for event in events:
                     msg = event.message
@@ -545,7 +543,7 @@ def register(ctx: WorkerContext) -> None:
 
     @app.agent(facts_topic, name="hotline-kpi")
     async def hotline_kpi(stream: Any) -> None:
-        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+        async for events in stream.take_events(s.batch_max, within=s.hotline_batch_within_s):
             items: list[tuple[str, KpiFact, int]] = []
             sources: list[Any] = []
             for event in events:
@@ -583,7 +581,7 @@ def register(ctx: WorkerContext) -> None:
 
     @app.agent(alerts_in, name="incident-alerts")
     async def incident_alerts(stream: Any) -> None:
-        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+        async for events in stream.take_events(s.batch_max, within=s.hotline_batch_within_s):
             for event in events:
                 msg = event.message
                 try:
@@ -600,7 +598,7 @@ def register(ctx: WorkerContext) -> None:
 
     @app.agent(items_topic, name="incident-area")
     async def incident_area(stream: Any) -> None:
-        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+        async for events in stream.take_events(s.batch_max, within=s.hotline_batch_within_s):
             async with area_lock:
                 for event in events:
                     msg = event.message

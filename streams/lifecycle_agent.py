@@ -246,15 +246,18 @@ def register(ctx: WorkerContext) -> None:
     def topic(name: str) -> Any:
         return app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw", partitions=s.partitions)
 
+    # one record at a time: alerts and actions are few, and a batching window
+    # (take_events with `within`) wakes the agent hundreds of times a second
+    # even when idle; this way an alert waits for nothing
     @app.agent(topic(detected_name), name="lifecycle-detected")
     async def lifecycle_detected(stream: Any) -> None:
-        async for events in stream.take_events(s.batch_max, within=s.lifecycle_batch_within_s):
-            await handle("detected", events)
+        async for event in stream.events():
+            await handle("detected", [event])
 
     @app.agent(topic(ctx.topics.actions), name="lifecycle-actions")
     async def lifecycle_actions(stream: Any) -> None:
-        async for events in stream.take_events(s.batch_max, within=s.lifecycle_batch_within_s):
-            await handle("action", events)
+        async for event in stream.events():
+            await handle("action", [event])
 
     @app.timer(interval=s.lifecycle_tick_s)
     async def lifecycle_tick() -> None:
