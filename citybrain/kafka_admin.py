@@ -31,6 +31,7 @@ def pipeline_topics(topics: Topics, partitions: int) -> dict[str, int]:
         topics.alerts_detected: partitions,
         topics.actions: partitions,
         topics.actions_applied: partitions,
+        topics.notices: partitions,
         topics.incidents: partitions,
         topics.hotline_tickets: partitions,
         topics.kpi: partitions,

@@ -48,6 +48,11 @@ class Topics:
         return self._t("city.alert.actions.applied")
 
     @property
+    def notices(self) -> str:
+        """What the lifecycle's timers decided (reminders, escalations, overdue, raised), key alert_id."""
+        return self._t("city.alert.notices")
+
+    @property
     def incidents(self) -> str:
         return self._t("city.incidents")
 

@@ -108,6 +108,14 @@ class WorkerContext:
         )
         await self.dlq_topic.send(key=msg.key, value=msg.value, headers=headers, force=True)
 
+    async def publish_notice(self, key: bytes, value: bytes) -> None:
+        """A lifecycle notice (reminder, escalation, overdue, raised) to `city.alert.notices`."""
+        if "notices_topic" not in self.extras:
+            self.extras["notices_topic"] = self.app.topic(
+                self.topics.notices, key_type=bytes, value_type=bytes, value_serializer="raw",
+                partitions=self.settings.partitions)
+        await self.extras["notices_topic"].send(key=key, value=value, force=True)
+
     async def publish_applied_action(self, key: bytes, value: bytes) -> None:
         """An action the lifecycle accepted, as it arrived, to `city.alert.actions.applied`."""
         if "applied_topic" not in self.extras:

@@ -208,9 +208,14 @@ class Notice:
     rung: int = 0
     added_department: str | None = None
 
+    @property
+    def notice_id(self) -> str:
+        """The same notice decided twice (a redelivery, a replay) has the same id."""
+        return f"{self.alert_id}:{self.kind}:{self.deadline}:{self.at.isoformat()}"
+
     def as_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "alert_id": self.alert_id, "at": self.at.isoformat(), "deadline": self.deadline,
+            "notice_id": self.notice_id, "kind": self.kind, "alert_id": self.alert_id, "at": self.at.isoformat(), "deadline": self.deadline,
             "reason": self.reason, "departments": list(self.departments), "rung": RUNG_NAMES[self.rung],
             "added_department": self.added_department,
         }  # fmt: skip

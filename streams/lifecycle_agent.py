@@ -189,6 +189,7 @@ def register(ctx: WorkerContext) -> None:
             await ctx.publish_alert(alert)
         for n in outcome.notices:
             log.info("lifecycle %s %s: %s (%s)", n.kind, n.alert_id, n.reason, ", ".join(n.departments))
+            await ctx.publish_notice(n.alert_id.encode(), orjson.dumps(n.as_dict()))
 
     async def run_due(is_owned: Callable[[int], bool] = owned) -> None:
         if not ctx.clock.started:

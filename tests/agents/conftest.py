@@ -24,6 +24,13 @@ class Recorder:
     dead: list[tuple[bytes | None, str, str]] = field(default_factory=list)
     applied: list[bytes] = field(default_factory=list)  # event ids of accepted actions
 
+    notices: list[dict[str, Any]] = field(default_factory=list)
+
+    async def publish_notice(self, key: bytes, value: bytes) -> None:
+        import orjson
+
+        self.notices.append(orjson.loads(value))
+
     async def publish_applied_action(self, key: bytes, value: bytes) -> None:
         import orjson
 
@@ -69,4 +76,5 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
     ctx.publish_alert = rec.publish_alert  # type: ignore[method-assign]
     ctx.dead_letter = rec.dead_letter  # type: ignore[method-assign]
     ctx.publish_applied_action = rec.publish_applied_action  # type: ignore[method-assign]
+    ctx.publish_notice = rec.publish_notice  # type: ignore[method-assign]
     yield Worker(app, ctx, rec, clock)

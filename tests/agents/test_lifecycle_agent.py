@@ -60,12 +60,19 @@ async def test_unacknowledged_alert_escalates_when_due(worker: Worker) -> None:
         await agent.put(value=water_alert(worker, 3.2, severity=Severity.III).to_json(), key=b"a-agent-1")
     (alert,) = worker.rec.published
     assert alert.departments == ("water",)
-    worker.clock.now += timedelta(minutes=10)
+    worker.clock.now += timedelta(minutes=23)  # 75 % of the 30 min acknowledge window of a yellow alert
     await h.run_due(lambda partition: True)  # test_context assigns no partitions
     assert len(worker.rec.published) == 1, "a reminder is not a new revision"
-    worker.clock.now += timedelta(minutes=25)  # past the 30 min acknowledge window of a yellow alert
+    (reminder,) = worker.rec.notices
+    assert reminder["kind"] == "reminder" and reminder["alert_id"] == "a-agent-1"
+    assert reminder["departments"] == ["water"] and reminder["notice_id"].startswith("a-agent-1:reminder:")
+    worker.clock.now += timedelta(minutes=12)  # past the 30 min acknowledge window
     await h.run_due(lambda partition: True)  # test_context assigns no partitions
     assert len(worker.rec.published) == 2
     up = worker.rec.published[1]
     assert "district.chaoyang" in up.departments
     assert up.evidence.details["lifecycle"]["rung"] == "district"
+    # also due by then: the persistence raise (yellow held 30 min -> orange)
+    assert sorted(n["kind"] for n in worker.rec.notices) == ["escalated", "raised", "reminder"]
+    (esc,) = [n for n in worker.rec.notices if n["kind"] == "escalated"]
+    assert esc["added_department"] == "district.chaoyang"
