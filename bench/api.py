@@ -14,6 +14,9 @@ throughput the machine gives the opscenter: mean latency = clients / rps.
 They run in this process on aiohttp (the lighter HTTP client installed): on
 a 2-core machine the load generator's own CPU is taken from the server. The
 opscenter's CPU per request is reported (`server_cpu_ms_per_request`).
+`--rate R` makes them open-loop instead: together they offer R requests/s
+(each client on its own schedule, a late answer does not delay the next
+request), which shows the latency below saturation.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ def alerts(n: int, u: str, now: datetime) -> list[Any]:
     return out
 
 
-async def load(url: str, token: str, ids: list[str], clients: int, seconds: float) -> dict[str, list[float]]:
+async def load(url: str, token: str, ids: list[str], clients: int, seconds: float,
+               rate: float = 0) -> dict[str, list[float]]:
     lat: dict[str, list[float]] = {"list": [], "detail": []}
     errors = 0
     filters = [{}, {"severity": "I"}, {"status": "new"}, {"district": "chaoyang"}, {"department": "water"},
@@ -71,25 +75,41 @@ async def load(url: str, token: str, ids: list[str], clients: int, seconds: floa
     async with aiohttp.ClientSession(base_url=url, headers={"Authorization": f"Bearer {token}"},
                                      connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
 
-        async def client(k: int) -> None:
+        async def one(kind: str, path: str, params: dict[str, str]) -> None:
             nonlocal errors
+            t = time.perf_counter()
+            async with session.get(path, params=params) as r:
+                await r.read()
+                ok = r.status == 200
+            if ok:
+                lat[kind].append((time.perf_counter() - t) * 1000)
+            else:
+                errors += 1
+
+        def pick(rnd: random.Random) -> tuple[str, str, dict[str, str]]:
+            if rnd.random() < 0.5:
+                return "list", "/api/v1/alerts", {**rnd.choice(filters), "limit": "50"}
+            return "detail", f"/api/v1/alerts/{rnd.choice(ids)}", {}
+
+        async def open_client(k: int) -> None:
+            rnd = random.Random(k)
+            every = clients / rate
+            due = time.monotonic() + rnd.random() * every
+            pending: set[asyncio.Task[None]] = set()
+            while due < deadline:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                task = asyncio.create_task(one(*pick(rnd)))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                due += every
+            await asyncio.gather(*pending)
+
+        async def client(k: int) -> None:
             rnd = random.Random(k)
             while time.monotonic() < deadline:
-                if rnd.random() < 0.5:
-                    kind, path, params = "list", "/api/v1/alerts", {**rnd.choice(filters), "limit": "50"}
-                else:
-                    kind, path, params = "detail", f"/api/v1/alerts/{rnd.choice(ids)}", {}
-                t = time.perf_counter()
-                async with session.get(path, params=params) as r:
-                    await r.read()
-                    ok = r.status == 200
-                dt = (time.perf_counter() - t) * 1000
-                if not ok:
-                    errors += 1
-                    continue
-                lat[kind].append(dt)
+                await one(*pick(rnd))
 
-        await asyncio.gather(*(client(k) for k in range(clients)))
+        await asyncio.gather(*((open_client(k) if rate > 0 else client(k)) for k in range(clients)))
     lat["errors"] = [float(errors)]
     return lat
 
@@ -179,7 +199,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         server = psutil.Process(proc.pid)
         cpu0 = sum(server.cpu_times()[:2])
         load0 = os.getloadavg()[0]
-        lat = await load(url, token, ids, args.clients, args.seconds)
+        lat = await load(url, token, ids, args.clients, args.seconds, args.rate)
         server_cpu = sum(server.cpu_times()[:2]) - cpu0
         load1 = os.getloadavg()[0]
         feed = await feed_latency(url, token, bootstrap, Topics(prefix).alerts, u, args.feed_events)
@@ -190,6 +210,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         n_req = len(lat["list"]) + len(lat["detail"])
         return {
             "bench": "api", "alerts_in_db": args.alerts, "clients": args.clients, "seconds": args.seconds,
+            "mode": f"open loop, {args.rate:g} requests/s offered" if args.rate > 0 else "closed loop",
             "seed_s": round(seed_s, 1), "requests": n_req, "rps": round(n_req / args.seconds),
             "errors": int(lat["errors"][0]),
             "server_cpu_ms_per_request": round(server_cpu * 1000 / max(n_req, 1), 2),
@@ -218,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--seconds", type=float, default=15)
     p.add_argument("--feed-events", type=int, default=200)
+    p.add_argument("--rate", type=float, default=0,
+                   help="open loop: requests/s offered by all clients together (default: closed loop)")
     p.add_argument("--pool", type=int, default=20, help="opscenter database pool size")
     p.add_argument("--keep", action="store_true", help="keep the bench schema")
     args = p.parse_args(argv)

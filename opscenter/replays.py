@@ -1,15 +1,18 @@
 """Replays started from the API (engineers and the operations center).
 
-A request is checked here (range, area, sensors, speed, warm-up), then run by
-storage's replay engine (`storage.replay.run_replay`, the same as `citybrain
-replay`) as a task of the opscenter's event loop: its worker is a child
-process, the run's topics are `replay.<run>.*`, its row is in `replay_runs`
-and the engine appends it to the audit trail ("replay.run"); the API adds
-who asked for it ("replay.request", the token's name). The list and the
-status come from `replay_runs`; a finished run's diff from its diff.json.
+A request is checked here (range, area, sensors, speed, warm-up), then run as
+`citybrain replay` in a child process of its own: publishing a range reads
+and produces as fast as Kafka takes it, which must not stall the API's event
+loop. The child is storage's replay engine unchanged: its worker is a
+grandchild process, the run's topics are `replay.<run>.*`, its row is in
+`replay_runs` and it appends the run to the audit trail ("replay.run"); the
+API adds who asked for it ("replay.request", the token's name). The list and
+the status come from `replay_runs`; a finished run's diff from its diff.json;
+a run that failed before its row existed keeps its one-line error here.
 
 At most `max_running` runs at a time per opscenter process: each runs a
-worker, which is the heavy part on a small machine.
+worker, the heavy part on a small machine. Stopping the opscenter interrupts
+its runs (SIGINT: the engine removes their topics, as after Ctrl-C).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,7 @@ from citybrain.errors import CityBrainError
 from storage.replay_diff import RUN_RE, Scope, new_run_id, parse_speed
 
 log = logging.getLogger("citybrain.opscenter.replays")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class ReplayIn(BaseModel):
@@ -97,7 +103,7 @@ class _Local:
     requested_at: datetime
     plan: ReplayPlan
     error: str | None = None
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    proc: asyncio.subprocess.Process | None = None
 
 
 class ReplayManager:
@@ -121,40 +127,56 @@ class ReplayManager:
     def running(self) -> int:
         return sum(1 for x in self.local.values() if not x.task.done())
 
-    def _settings(self) -> Any:
-        from storage.replay import ReplaySettings
-
-        # built from the opscenter's own settings: no second read of the environment
-        return ReplaySettings.model_construct(database_url=self.database_url,
-                                              kafka_bootstrap_servers=self.bootstrap, db_schema=self.schema,
-                                              run_root=self.run_root, partitions=self.partitions)
+    def command(self, p: ReplayPlan) -> list[str]:
+        sc = p.scope
+        args = [sys.executable, "-m", "citybrain.cli", "replay", "--from", sc.start.isoformat(), "--to",
+                sc.end.isoformat(), "--run", p.run, "--schema", self.schema, "--speed",
+                "max" if p.speed is None else f"{p.speed:g}x", "--warmup", f"{p.warmup.total_seconds():g}s",
+                "--quiet"]
+        if sc.area:
+            args += ["--area", sc.area]
+        for sensor in sc.sensors:
+            args += ["--sensor", sensor]
+        for rule in sc.ignore_rules:
+            args += ["--ignore-rule", rule]
+        if self.partitions:
+            args += ["--partitions", str(self.partitions)]
+        return args
 
     def start(self, p: ReplayPlan, requested_by: str) -> None:
-        from storage.replay import ReplayRequest, run_replay
-
         assert self.base_env is not None
-        req = ReplayRequest(run=p.run, scope=p.scope, warmup=p.warmup, speed=p.speed)
-        stop = asyncio.Event()
-
+        env = dict(self.base_env, DATABASE_URL=self.database_url.get_secret_value(),
+                   KAFKA_BOOTSTRAP_SERVERS=self.bootstrap, REPLAY_RUN_ROOT=str(Path(self.run_root).resolve()))
         async def go() -> None:
+            entry = self.local[p.run]  # registered below, before this task first runs
             try:
-                out = await run_replay(self._settings(), req, stop=stop, base_env=self.base_env or {},
-                                       now=self.clock, progress=lambda s: log.info("replay %s: %s", p.run, s))
-                log.info("replay %s %s: %s readings", p.run, out.status, out.readings)
-            except Exception as exc:
-                # whatever ends a run, the opscenter keeps serving; the run says why it failed
-                self.local[p.run].error = f"{type(exc).__name__}: {exc}"
-                log.warning("replay %s failed: %s", p.run, exc)
+                proc = entry.proc = await asyncio.create_subprocess_exec(
+                    *self.command(p), env=env, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+                _, err = await proc.communicate()
+                if proc.returncode not in (0, 1):  # 1: --fail-on-diff only, not given here
+                    lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+                    entry.error = (lines[-1] if lines else f"exit code {proc.returncode}")[-2000:]
+                    log.warning("replay %s ended with code %s: %s", p.run, proc.returncode, entry.error)
+            except OSError as exc:  # could not even start: the run says why, the opscenter keeps serving
+                entry.error = f"{type(exc).__name__}: {exc}"
+                log.warning("replay %s did not start: %s", p.run, exc)
 
         task = asyncio.get_running_loop().create_task(go(), name=f"replay-{p.run}")
-        self.local[p.run] = _Local(task, requested_by, self.clock(), p, stop=stop)
+        self.local[p.run] = _Local(task, requested_by, self.clock(), p)
 
-    async def stop_all(self) -> None:
+    async def stop_all(self, timeout_s: float = 60) -> None:
         for x in self.local.values():
-            x.stop.set()
+            if x.proc is not None and x.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    x.proc.send_signal(signal.SIGINT)
         for x in self.local.values():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(x.task), 60)
+            try:
+                await asyncio.wait_for(asyncio.shield(x.task), timeout_s)
+            except TimeoutError:
+                if x.proc is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        x.proc.kill()
 
     # ------------------------------------------------------------ reading
     @staticmethod
