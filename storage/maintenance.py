@@ -84,8 +84,11 @@ async def refresh_timescale_rollups(conn: asyncpg.Connection, start: datetime | 
                                     end: datetime | None) -> None:
     """Timescale path: materialize the continuous aggregates for a window now
     (the policies do it on their schedule)."""
-    await conn.execute("CALL refresh_continuous_aggregate('readings_1m', $1, $2)", start, end)
-    await conn.execute("CALL refresh_continuous_aggregate('readings_1h', $1, $2)", start, end)
+    # the window's parameters are "any" to Timescale: typed here, or the server cannot bind them
+    await conn.execute("CALL refresh_continuous_aggregate('readings_1m', $1::timestamptz, $2::timestamptz)",
+                       start, end)
+    await conn.execute("CALL refresh_continuous_aggregate('readings_1h', $1::timestamptz, $2::timestamptz)",
+                       start, end)
 
 
 async def run_maintenance(conn: asyncpg.Connection, now: datetime | None = None) -> MaintenanceReport:

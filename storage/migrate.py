@@ -100,7 +100,10 @@ async def detect_flavor(conn: asyncpg.Connection, requested: str = "auto") -> Fl
     )
     if available:
         try:
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            # in public, which every storage connection's search_path ends with: created
+            # in the first schema migrated (search_path's head), the next schemas would not
+            # see its functions, and dropping that schema would drop the extension
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb SCHEMA public")
             return "timescale"
         except asyncpg.PostgresError as exc:
             if requested == "timescale":

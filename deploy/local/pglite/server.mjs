@@ -51,6 +51,15 @@ try {
   fail("cannot start PGlite with timescaledb", err);
 }
 
+// one protocol call at a time, in the order the reads arrived (see the framing below)
+const execRaw = db.execProtocolRaw.bind(db);
+let queue = Promise.resolve();
+db.execProtocolRaw = (message, options) => {
+  const result = queue.then(() => execRaw(message, options));
+  queue = result.catch(() => undefined);
+  return result;
+};
+
 const server = new PGLiteSocketServer({
   db, host: values.host, port, debug: process.env.PGLITE_SERVER_DEBUG === "1",
 });
@@ -75,39 +84,78 @@ async function shutdown(code, why) {
 process.on("SIGINT", () => shutdown(0, "SIGINT"));
 process.on("SIGTERM", () => shutdown(0, "SIGTERM"));
 
-// A Terminate message ('X', length 4) ends the session: PGlite answers it with
-// nothing, so pglite-socket would leave the socket open and the client's
-// close() waiting. Follow the message framing (untyped startup packets, then
-// type byte + int32 length) to spot it exactly, close the socket and, one
-// session per server, stop.
-function terminateWatcher(onTerminate) {
+// pglite-socket hands every TCP read straight to PGlite, which crashes
+// ("RuntimeError: unreachable") on a message cut by a read boundary; it
+// starts one execProtocolRaw per read without waiting for the previous one,
+// so answers can reach the socket out of order; and PGlite returns at most
+// about 1 MB of output per call (the rest is lost, the client waits
+// forever). So: frame the stream here and pass on whole messages only, in
+// groups that end at an exchange boundary (Sync, Query, Flush, an auth
+// answer, the end of a COPY; startup packets alone) or at GROUP_BYTES,
+// whichever comes first, and run PGlite's calls one at a time in arrival
+// order. With that, a statement of any size works (an executemany of 20,000
+// rows, a multi-megabyte parameter). The framing also spots Terminate ('X'):
+// PGlite answers it with nothing, so pglite-socket would leave the socket
+// open and the client's close() waiting; we close it and, one session per
+// server, stop.
+const GROUP_BYTES = 64 * 1024;
+const TERMINATE = 0x58; // 'X'
+// 'S' Sync, 'Q' Query, 'H' Flush, 'p' password (any auth answer), 'c' CopyDone, 'f' CopyFail
+const EXCHANGE_ENDS = new Set([0x53, 0x51, 0x48, 0x70, 0x63, 0x66]);
+const SSL_REQUEST = 80877103;
+const GSSENC_REQUEST = 80877104;
+
+function framer(onTerminate) {
   let buf = Buffer.alloc(0);
   let startup = true;
+  let scanned = 0; // bytes of whole messages already seen at the head of buf
   return (chunk) => {
-    buf = Buffer.concat([buf, chunk]);
+    buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+    const groups = [];
+    let start = 0;
+    let at = scanned;
     for (;;) {
+      let len;
+      let type = 0;
       if (startup) {
-        if (buf.length < 8) return;
-        const len = buf.readUInt32BE(0);
-        if (buf.length < len) return;
-        const code = buf.readUInt32BE(4);
-        // SSLRequest / GSSENCRequest are answered 'N' and followed by the real startup
-        if (code !== 80877103 && code !== 80877104) startup = false;
-        buf = buf.subarray(len);
-        continue;
+        // untyped: int32 length (itself included), int32 code
+        if (buf.length - at < 8) break;
+        len = buf.readUInt32BE(at);
+        if (buf.length - at < len) break;
+        const code = buf.readUInt32BE(at + 4);
+        // SSL / GSS requests are answered 'N' and followed by the real startup packet
+        if (code !== SSL_REQUEST && code !== GSSENC_REQUEST) startup = false;
+        type = -1; // a startup packet is an exchange of its own
+      } else {
+        // typed: one type byte, int32 length (itself included)
+        if (buf.length - at < 5) break;
+        len = 1 + buf.readUInt32BE(at + 1);
+        if (buf.length - at < len) break;
+        type = buf[at];
       }
-      if (buf.length < 5) return;
-      const type = buf[0];
-      const len = buf.readUInt32BE(1);
-      if (buf.length < 1 + len) return;
-      buf = buf.subarray(1 + len);
-      if (type === 0x58) {
+      if (type === TERMINATE) {
+        if (at > start) groups.push(buf.subarray(start, at));
+        buf = Buffer.alloc(0);
+        scanned = 0;
         onTerminate();
-        return;
+        return groups;
+      }
+      if (at > start && at + len - start > GROUP_BYTES) {
+        groups.push(buf.subarray(start, at));
+        start = at;
+      }
+      at += len;
+      if (type === -1 || EXCHANGE_ENDS.has(type)) {
+        groups.push(buf.subarray(start, at));
+        start = at;
       }
     }
+    buf = buf.subarray(start);
+    scanned = at - start;
+    return groups;
   };
 }
+
 let sessions = 0;
 const attach = server.attachSocketToNewHandler.bind(server);
 server.attachSocketToNewHandler = async (socket, info) => {
@@ -118,10 +166,17 @@ server.attachSocketToNewHandler = async (socket, info) => {
     return undefined;
   }
   process.stderr.write(`pglite-server: client ${info.clientAddress}:${info.clientPort} connected\n`);
-  socket.on("data", terminateWatcher(() => {
+  const frame = framer(() => {
     socket.end();
     shutdown(0, "client sent Terminate");
-  }));
+  });
+  // Re-frame what the handler (attached below) sees as "data": whole messages only.
+  const emit = socket.emit.bind(socket);
+  socket.emit = (event, ...args) => {
+    if (event !== "data") return emit(event, ...args);
+    for (const group of frame(args[0])) emit("data", group);
+    return true;
+  };
   socket.once("close", () => shutdown(0, "client disconnected"));
   return attach(socket, info);
 };
