@@ -25,6 +25,7 @@ demo: stack-up
 
 ## the whole suite on the real local stack (lint, unit, integration, e2e)
 test: stack-up
+	@bash deploy/local/pglite/install.sh
 	@$(MAKE) --no-print-directory lint
 	@$(WITH_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider
 
