@@ -5,13 +5,25 @@
     citybrain rules explain --category water --sensor-type water_level --severity II \
         --district 朝阳区 --street 望京街道 [--mode emergency] [--source hotline]
     citybrain rules explain --alert alert.json           # or --alert - (stdin): an Alert JSON
+    citybrain rules apply new.yaml --to streams/rules/routing.yaml --actor 张工 --reason "..."
+
+`apply` is how rules change in operation: it validates the new file as the
+kind of file it replaces, appends a `rules.change` entry (who, why, the file's
+SHA-256 before and after, the rules added, removed and changed) to the audit
+trail, and only then swaps the file in atomically; running workers pick it up
+within their poll interval. If the audit cannot be written, nothing changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hashlib
+import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -33,6 +45,87 @@ def check(path: Path) -> str:
 
     parse_policy(data, str(path))
     return f"ok: {path}: policy"
+
+
+def _kind(summary: str) -> str:
+    return summary.split(": ")[2].split(",")[0]  # "ok: PATH: routing rules, ..." -> "routing rules"
+
+
+def rules_diff(old: Any, new: Any) -> dict[str, list[str]]:
+    """Rules by name: added, removed, changed (routing files; empty otherwise)."""
+    def by_name(data: Any) -> dict[str, Any]:
+        rules = data.get("rules") if isinstance(data, dict) else None
+        return {str(r.get("name")): r for r in rules or [] if isinstance(r, dict)}
+
+    a, b = by_name(old), by_name(new)
+    return {"added": sorted(set(b) - set(a)), "removed": sorted(set(a) - set(b)),
+            "changed": sorted(k for k in set(a) & set(b) if a[k] != b[k])}
+
+
+def plan_change(new: Path, target: Path, reason: str) -> tuple[dict[str, Any], bytes]:
+    """Validate `new` as the kind of file `target` is; the audit details and the new bytes."""
+    summary_new = check(new)
+    summary_old = check(target) if target.exists() else None
+    if summary_old is not None and _kind(summary_old) != _kind(summary_new):
+        raise ConfigError(f"{new} is a {_kind(summary_new)} file but {target} holds {_kind(summary_old)}")
+    new_bytes = new.read_bytes()
+    old_bytes = target.read_bytes() if target.exists() else b""
+    details: dict[str, Any] = {
+        "file": str(target), "reason": reason, "kind": _kind(summary_new),
+        "sha256_before": hashlib.sha256(old_bytes).hexdigest() if old_bytes else None,
+        "sha256_after": hashlib.sha256(new_bytes).hexdigest(),
+        **rules_diff(read_yaml(target) if old_bytes else None, read_yaml(new)),
+    }  # fmt: skip
+    return details, new_bytes
+
+
+def swap_in(target: Path, content: bytes) -> None:
+    """Atomic replace: a worker polling the file never reads half of it."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(content)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot replace {target}: {exc.strerror}") from None
+
+
+async def apply_rules(new: Path, target: Path, *, actor: str, reason: str, database_url: str, schema: str,
+                      now: datetime) -> dict[str, Any]:  # fmt: skip
+    """Validate, audit, then swap the file in; the audit entry commits only if the swap worked."""
+    from storage.audit import append_audit
+    from storage.db import connect
+
+    details, content = plan_change(new, target, reason)
+    if details["sha256_before"] == details["sha256_after"]:
+        return details | {"unchanged": True}
+    conn = await connect(database_url, schema, "citybrain-rules")
+    try:
+        if not await conn.fetchval("SELECT to_regclass(format('%I.audit_log', $1::text)) IS NOT NULL", schema):
+            raise ConfigError(f"schema {schema} has no audit_log: run `citybrain db migrate`")
+        async with conn.transaction():
+            entry = await append_audit(conn, actor=actor, kind="rules.change", subject=str(target),
+                                       details=details, at=now)
+            swap_in(target, content)
+    finally:
+        await conn.close()
+    return details | {"audit_seq": entry.seq}
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    url = args.database_url or os.environ.get("DATABASE_URL")
+    if not url:
+        raise ConfigError("no database for the audit trail: set DATABASE_URL or pass --database-url")
+    if not args.actor.strip():
+        raise ConfigError("--actor must name who makes the change")
+    out = asyncio.run(apply_rules(Path(args.file), Path(args.to), actor=args.actor, reason=args.reason,
+                                  database_url=url, schema=args.schema, now=datetime.now(UTC)))
+    if out.get("unchanged"):
+        print(f"unchanged: {args.to} already holds this content; nothing audited")
+        return 0
+    changes = ", ".join(f"{k} {', '.join(out[k])}" for k in ("added", "removed", "changed") if out[k]) or "no rule names"
+    print(f"applied: {args.to} ({out['kind']}; {changes}); audit entry {out['audit_seq']}")
+    return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -100,3 +193,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--source", choices=["sensor", "hotline"], default="sensor")
     e.add_argument("--mode", choices=["normal", "emergency"])
     e.set_defaults(func=_cmd_explain)
+    a = s.add_parser("apply", help="validate a new rules/policy/departments file, audit the change, swap it in")
+    a.add_argument("file", help="the new file")
+    a.add_argument("--to", default=str(DEFAULT_RULES), help="the file the workers read (default: the shipped rules)")
+    a.add_argument("--actor", required=True, help="who makes the change (recorded in the audit trail)")
+    a.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
+    a.add_argument("--database-url", help="default: $DATABASE_URL")
+    a.add_argument("--schema", default="public", help="database schema (default: public)")
+    a.set_defaults(func=_cmd_apply)
