@@ -133,7 +133,9 @@ def test_alert_appears_live_and_is_acknowledged_from_the_ui(database_url: str, k
             page.screenshot(path=str(shots / "dashboard-detail.png"))
             page.click("#detail [data-action='ack']")
             page.wait_for_function("window.__lastAction && window.__lastAction.action === 'ack'", timeout=10000)
-            assert page.locator("#detail-status").inner_text() in ("签收已发送", "ack sent")
+            # the feed's action event may arrive before the POST's answer, which sets the status
+            page.wait_for_function("['签收已发送', 'ack sent'].includes("
+                                   "document.querySelector('#detail-status').textContent)", timeout=10000)
             page.click("#detail-close")
             page.click("#lang")
             assert page.locator("header h1 span").inner_text() == "City Operations Center"
