@@ -29,14 +29,17 @@ so nothing in it is dropped silently.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 from citybrain.errors import RejectedPayload
 from connectors.base import DecodeContext
 from connectors.decoders.common import parse_json
-from connectors.registry import number, require_registry
-from schemas import SensorReading, stable_id
+from connectors.registry import DeviceEntry, number, require_registry
+from schemas import CATALOGUE, SensorReading, stable_id
 
 ROUTE_PATTERN = "city/senml/#"
 SOURCE = "senml"
@@ -102,7 +105,32 @@ def _time(seconds: float, now: datetime, where: str) -> datetime:
         raise RejectedPayload("time_out_of_range", f"{where}: time {seconds!r} is not a representable date") from None
 
 
+_NUMERIC_KEYS = frozenset(_NUMERIC)
+_STRING_KEYS = frozenset(_STRINGS)
+
+
+def _plainly_valid(rec: dict[str, Any]) -> bool:
+    """One pass over a record that the full checks below would pass: plain
+    numbers and strings, no vb, bver or must-understand fields."""
+    for key, val in rec.items():
+        if key in _NUMERIC_KEYS:
+            t = type(val)
+            if not ((t is int and -1e300 < val < 1e300) or (t is float and val - val == 0.0)):  # finite
+                return False
+        elif key in _STRING_KEYS:
+            if type(val) is not str:
+                return False
+        elif key in ("vb", "bver") or type(key) is not str or key.endswith("_"):
+            return False
+    return True
+
+
 def _check_types(rec: dict[str, Any], where: str) -> None:
+    if not _plainly_valid(rec):
+        _check_types_fully(rec, where)
+
+
+def _check_types_fully(rec: dict[str, Any], where: str) -> None:
     for key in rec:
         if isinstance(key, str) and key.endswith("_"):
             raise RejectedPayload("unsupported_field", f"{where}: must-understand field {key!r} is not supported")
@@ -122,8 +150,9 @@ def _check_types(rec: dict[str, Any], where: str) -> None:
             raise RejectedPayload("unsupported_version", f"{where}: SenML version {bver} is newer than {SENML_VERSION}")
 
 
-def decode(topic: str, payload: bytes, ctx: DecodeContext) -> list[SensorReading]:
-    data = parse_json(payload)
+def _resolved(data: Any, ctx: DecodeContext) -> Iterator[tuple[DeviceEntry, float, datetime, str]]:
+    """(registry entry, value in its unit, event time, event id) of every record
+    of a pack, in order; raises `RejectedPayload` on the first bad record."""
     if not isinstance(data, list) or not data:
         raise RejectedPayload("invalid_field", "a SenML pack must be a non-empty JSON array of records")
     if len(data) > MAX_RECORDS:
@@ -132,7 +161,6 @@ def decode(topic: str, payload: bytes, ctx: DecodeContext) -> list[SensorReading
 
     bn, bu = "", None
     bt = bv = 0.0
-    readings: list[SensorReading] = []
     for i, rec in enumerate(data):
         where = f"record {i}"
         if not isinstance(rec, dict):
@@ -166,6 +194,54 @@ def decode(topic: str, payload: bytes, ctx: DecodeContext) -> list[SensorReading
         value = _convert(raw, rec.get("u", bu), entry.unit, f"{where} ({name})")
         ts = _time(bt + float(rec.get("t", 0.0)), ctx.now, where)
         ctx.check_time(ts)
-        event_id = stable_id("senml", name, ts, prefix="sm-")
-        readings.append(entry.reading(value, ts, event_id, SOURCE))
-    return readings
+        yield entry, value, ts, stable_id("senml", name, ts, prefix="sm-")
+
+
+def decode(topic: str, payload: bytes, ctx: DecodeContext) -> list[SensorReading]:
+    return [entry.reading(value, ts, event_id, SOURCE) for entry, value, ts, event_id in _resolved(parse_json(payload), ctx)]
+
+
+# The hot path: the same resolution, and for a record whose value is finite and
+# in its sensor's physical range (all SensorReading checks that are left: the
+# registry entry already satisfies the rest) the reading's JSON written
+# directly, as pydantic would write it. Anything refused returns None and
+# `decode` names the reason. tests/unit/test_decoders_fast.py holds the two
+# paths to agreement.
+_LOCATIONS: dict[int, tuple[DeviceEntry, dict[str, Any]]] = {}
+
+
+def _location_json(entry: DeviceEntry) -> dict[str, Any]:
+    hit = _LOCATIONS.get(id(entry))
+    if hit is not None and hit[0] is entry:
+        return hit[1]
+    if len(_LOCATIONS) > 100_000:  # registries reloaded many times: start again
+        _LOCATIONS.clear()
+    loc = entry.location.model_dump(exclude_none=True)
+    _LOCATIONS[id(entry)] = (entry, loc)  # the entry held, so its id stays its own
+    return loc
+
+
+def encode(topic: str, payload: bytes, ctx: DecodeContext) -> list[tuple[bytes, bytes]] | None:
+    """`decode`'s hot path: (key, SensorReading JSON) of every record, or None."""
+    try:
+        data = orjson.loads(payload)
+        out = []
+        for entry, value, ts, event_id in _resolved(data, ctx):
+            spec = CATALOGUE[entry.sensor_type]
+            if not spec.low <= value <= spec.high or ts.tzinfo is not UTC:  # NaN fails the range too
+                return None
+            reading = {
+                "schema_version": 1,
+                "event_id": event_id,
+                "sensor_id": entry.sensor_id,
+                "sensor_type": entry.sensor_type.value,
+                "value": value,
+                "unit": entry.unit,
+                "ts": ts,
+                "location": _location_json(entry),
+                "source": SOURCE,
+            }
+            out.append((entry.sensor_id.encode(), orjson.dumps(reading, option=orjson.OPT_UTC_Z)))
+    except (RejectedPayload, orjson.JSONDecodeError):
+        return None
+    return out
