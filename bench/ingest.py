@@ -4,11 +4,17 @@ Kafka, counting unique event_ids consumed back from Kafka.
     python -m bench.ingest [--mode single|batch|both] [--duration 15]
                            [--single-rates 2000,5000,10000,15000]
                            [--batch-rates 10000,20000,30000,40000] [--batch 100]
+                           [--batch-format senml|native|both]
 
-Reports per offered rate: readings/s that reached Kafka, lost (acknowledged
-by Mosquitto, absent from Kafka), p50/p99 publish -> Kafka latency (reading's
-sent_at to the moment the consumer holds it), connector CPU and peak RSS.
-The highest passing step (0 lost, >= 95 % of offered) is the sustained rate.
+Single messages are one native JSON reading each; batched messages are SenML
+packs (RFC 8428: a base name and base time, then one record per sensor,
+resolved through a device registry the bench writes for the connector) or
+native `{"readings": [...]}` batches. Reports per offered rate: readings/s
+that reached Kafka, lost (acknowledged by Mosquitto, absent from Kafka),
+p50/p99 publish -> Kafka latency (the reading's sent_at, or for SenML its
+time, which is the publish time, to the moment the consumer holds it),
+connector CPU (seconds, and microseconds per reading) and peak RSS. The
+highest passing step (0 lost, >= 95 % of offered) is the sustained rate.
 Last line: one JSON object.
 """
 
@@ -27,6 +33,8 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import ROOT, ProcStats, conditions, percentile, service_pids
@@ -34,24 +42,54 @@ from citybrain.kafka_admin import ensure_topics, pipeline_topics
 from citybrain.supervisor import Supervisor
 from citybrain.topics import Topics
 from connectors.mqtt_kafka import parse_mqtt_url
+from schemas import stable_id
+
+SENSORS = 5000
+LOG_APPEND_TIME = 1  # Kafka record timestamp type
+LATENCY_SAMPLE = 5  # every 5th reading's latency
+WINDOW = 20000  # QoS 1 messages the publisher has unacknowledged at most
+LOCATION = {"district": "朝阳区", "lat": 39.92, "lon": 116.44}
+
+
+def registry_entries(tag: str) -> list[dict[str, Any]]:
+    """The bench's SenML sensors, for the connector's device registry."""
+    return [
+        {"sensor_id": f"ingest-{tag}-{k}", "sensor_type": "noise", "unit": "dB(A)", "location": LOCATION}
+        for k in range(SENSORS)
+    ]
 
 
 class RatePublisher:
     """One paho client publishing at a fixed rate from its own thread."""
 
-    def __init__(self, url: str, run: str, batch: int, rate: int, duration: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        run: str,
+        batch: int,
+        rate: int,
+        duration: float,
+        expected: set[str],
+        fmt: str = "native",
+        tag: str = "",
+    ) -> None:
         host, port, user, password, _ = parse_mqtt_url(url)
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"ingest-pub-{run}", protocol=mqtt.MQTTv311
         )
         if user:
             self.client.username_pw_set(user, password)
-        self.client.max_inflight_messages_set(5000)
+        # paho never queues (messages it queued behind a full in-flight window
+        # were seen stuck unsent, paho 2.2): the publisher keeps its own window
+        self.client.max_inflight_messages_set(0)
         self.client.max_queued_messages_set(0)
         self.client.on_publish = self._on_publish
         self.client.connect(host, port, keepalive=30)
         self.client.loop_start()
         self.run, self.batch, self.rate, self.duration = run, batch, rate, duration
+        self.expected = expected  # every id published, shared with the consumer
+        self.fmt, self.tag = fmt, tag
+        self.last_bt = 0.0
         self.pending: dict[int, list[str]] = {}
         self.early: dict[int, bool] = {}
         self.acked: list[str] = []
@@ -77,8 +115,18 @@ class RatePublisher:
             "unit": "dB(A)",
             "ts": now,
             "sent_at": now,
-            "location": {"district": "朝阳区", "lat": 39.92, "lon": 116.44},
+            "location": LOCATION,
         }
+
+    def _senml_pack(self, seq: int) -> tuple[bytes, list[str]]:
+        """One pack: base name and base time, a record per sensor. Base times
+        grow by >= 1 ms per pack so (name, time), the SenML event id, is unique."""
+        bt = self.last_bt = max(round(time.time(), 3), round(self.last_bt + 0.001, 3))
+        bn = f"ingest-{self.tag}-"
+        records: list[dict[str, Any]] = [{"n": str((seq + k) % SENSORS), "v": 50.0 + k % 20} for k in range(self.batch)]
+        records[0] |= {"bn": bn, "bt": bt, "bu": "dB"}
+        ts = datetime.fromtimestamp(bt, tz=UTC)  # as the connector resolves bt + t (t = 0)
+        return orjson.dumps(records), [stable_id("senml", bn + r["n"], ts, prefix="sm-") for r in records]
 
     def run_loop(self) -> None:
         msgs_per_s = self.rate / self.batch
@@ -97,12 +145,18 @@ class RatePublisher:
                     payload = orjson.dumps(d)
                     topic = f"city/sensors/{d['sensor_id']}"
                     ids = [d["event_id"]]
+                elif self.fmt == "senml":
+                    payload, ids = self._senml_pack(seq)
+                    topic = f"city/senml/{self.run}"
                 else:
                     items = [self._reading(seq + k, now) for k in range(self.batch)]
                     payload = orjson.dumps({"readings": items})
                     topic = f"city/sensors/batch/{self.run}"
                     ids = [d["event_id"] for d in items]
                 seq += len(ids)
+                self.expected.update(ids)
+                while len(self.pending) >= WINDOW:  # packet ids are 16 bits: never reuse one in flight
+                    time.sleep(0.0005)
                 # never call paho while holding our lock: paho may hold its own
                 # mutex while it calls on_publish, which takes ours
                 info = self.client.publish(topic, payload, qos=1)
@@ -122,35 +176,51 @@ class RatePublisher:
         self.client.loop_stop()
 
 
-async def consume(bootstrap: str, topic: str, run: str, seen: dict[str, float], stop: asyncio.Event) -> list[float]:
+async def consume(
+    bootstrap: str, topic: str, expected: set[str], seen: dict[str, float], stop: asyncio.Event
+) -> list[float]:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     lat: list[float] = []
-    prefix = f'"event_id":"i-{run}-'.encode()
     try:
         while not stop.is_set():
             for msgs in (await consumer.getmany(timeout_ms=200, max_records=10000)).values():
                 now = time.time()
                 for m in msgs:
-                    if prefix not in m.value:
-                        continue
-                    d = orjson.loads(m.value)
-                    if d["event_id"] not in seen:
-                        seen[d["event_id"]] = now
-                        lat.append((now - datetime.fromisoformat(d["sent_at"]).timestamp()) * 1000)
+                    # the id without parsing the record: this process shares the CPU with the connector
+                    start = m.value.find(b'"event_id":"') + 12
+                    eid = m.value[start : m.value.find(b'"', start)].decode()
+                    if eid in expected and eid not in seen:  # this step's, first copy
+                        # the broker's append time: when it reached Kafka, however late we read it
+                        at = m.timestamp / 1000 if m.timestamp_type == LOG_APPEND_TIME else now
+                        seen[eid] = at
+                        if len(seen) % LATENCY_SAMPLE == 0:
+                            d = orjson.loads(m.value)
+                            sent = datetime.fromisoformat(d.get("sent_at") or d["ts"]).timestamp()
+                            lat.append((at - sent) * 1000)
     finally:
         await consumer.stop()
     return lat
 
 
-async def step(rate: int, batch: int, duration: float, env: dict[str, str], topics: Topics, pids: dict[str, int]) -> dict[str, Any]:
+async def step(
+    rate: int,
+    batch: int,
+    duration: float,
+    env: dict[str, str],
+    topics: Topics,
+    pids: dict[str, int],
+    fmt: str = "native",
+    tag: str = "",
+) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     seen: dict[str, float] = {}
+    expected: set[str] = set()
     stop = asyncio.Event()
-    consumer = asyncio.create_task(consume(env["KAFKA_BOOTSTRAP_SERVERS"], topics.readings, run, seen, stop))
+    consumer = asyncio.create_task(consume(env["KAFKA_BOOTSTRAP_SERVERS"], topics.readings, expected, seen, stop))
     await asyncio.sleep(1.0)
     stats = ProcStats(pids)
-    pub = RatePublisher(env["MQTT_PUBLISH_URL"], run, batch, rate, duration)
+    pub = RatePublisher(env["MQTT_PUBLISH_URL"], run, batch, rate, duration, expected, fmt, tag)
     thread = threading.Thread(target=pub.run_loop)
     t0_wall = time.time()
     thread.start()
@@ -170,8 +240,12 @@ async def step(rate: int, batch: int, duration: float, env: dict[str, str], topi
     stop.set()
     lat = await consumer
     got = len(seen.keys() & acked)
+    processes = stats.report()
+    if "connector" in processes and got:
+        processes["connector"]["cpu_us_per_reading"] = round(processes["connector"]["cpu_s"] / got * 1e6, 1)
     return {
         "mode": "single" if batch == 1 else f"batch{batch}",
+        "format": "native" if batch == 1 else fmt,
         "offered_per_s": rate,
         "published": pub.published,
         "publish_rate": round(pub.published / max(pub.elapsed, 1e-9), 1),
@@ -181,12 +255,41 @@ async def step(rate: int, batch: int, duration: float, env: dict[str, str], topi
         "kafka_per_s": round(got / max(took, 1e-9), 1),
         "p50_ms": _r(percentile(lat, 50)),
         "p99_ms": _r(percentile(lat, 99)),
-        "processes": stats.report(),
+        "processes": processes,
     }
 
 
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
+
+
+def forget_session(url: str, client_id: str) -> None:
+    """End the connector's persistent session: left behind, it would hold a
+    queue of every later sensor message on the shared broker for nobody."""
+    host, port, user, password, _ = parse_mqtt_url(url)
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
+    )
+    if user:
+        client.username_pw_set(user, password)
+    client.connect(host, port, keepalive=10)
+    client.loop_start()
+    time.sleep(0.3)  # the CONNACK: the broker has dropped the old session
+    client.disconnect()
+    client.loop_stop()
+
+
+async def log_append_time(bootstrap: str, topic: str) -> None:
+    """Stamp the bench's readings topic with the broker's append time, so the
+    figures measure arrival in Kafka, not how fast this process reads back."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"message.timestamp.type": "LogAppendTime"})]
+        )
+    finally:
+        await admin.close()
 
 
 def passed(s: dict[str, Any]) -> bool:
@@ -200,49 +303,68 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"bench.ingest: {var} is not set; run `make stack-up` and source .run/stack.env")
     tag = uuid.uuid4().hex[:6]
     topics = Topics(prefix=f"ingest{tag}.")
+    run_dir = ROOT / ".run" / "bench" / f"ingest-{tag}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    registry = run_dir / "registry.json"
+    registry.write_bytes(orjson.dumps(registry_entries(tag)))
     env.update(
         CONNECTOR_TOPIC_PREFIX=topics.prefix,
         CONNECTOR_CLIENT_ID=f"ingest-connector-{tag}",
         CONNECTOR_PII_KEY=env.get("CONNECTOR_PII_KEY", "bench"),
+        CONNECTOR_REGISTRY_FILE=str(registry),
     )
     await ensure_topics(env["KAFKA_BOOTSTRAP_SERVERS"], pipeline_topics(topics, 4))
-    sup = Supervisor(ROOT / ".run" / "bench" / f"ingest-{tag}", base_env=env)
+    await log_append_time(env["KAFKA_BOOTSTRAP_SERVERS"], topics.readings)
+    sup = Supervisor(run_dir, base_env=env)
     sup.start("connector", ["connector"])
     await asyncio.sleep(4)
     sup.check_alive()
-    pids = {"connector": sup.children["connector"].pid} | service_pids()
-    plans: list[tuple[int, list[int]]] = []
+    pids = {"connector": sup.children["connector"].pid, "bench": os.getpid()} | service_pids()
+    # (result key, readings per message, payload format, offered rates)
+    plans: list[tuple[str, int, str, list[int]]] = []
     if args.mode in ("single", "both"):
-        plans.append((1, args.single_rates))
+        plans.append(("single", 1, "native", args.single_rates))
     if args.mode in ("batch", "both"):
-        plans.append((args.batch, args.batch_rates))
+        if args.batch_format in ("senml", "both"):
+            plans.append(("batch", args.batch, "senml", args.batch_rates))
+        if args.batch_format in ("native", "both"):
+            key = "batch" if args.batch_format == "native" else "batch_native"
+            plans.append((key, args.batch, "native", args.batch_rates))
     results: dict[str, Any] = {"bench": "ingest"}
     steps: list[dict[str, Any]] = []
     try:
-        for batch, rates in plans:
+        for key, batch, fmt, rates in plans:
             best = None
             for rate in rates:
-                s = await step(rate, batch, args.duration, env, topics, pids)
+                s = await step(rate, batch, args.duration, env, topics, pids, fmt, tag)
                 steps.append(s)
                 c = s["processes"].get("connector", {})
                 print(
-                    f"{s['mode']:<9} offered {rate:>6}/s  published {s['publish_rate']:>9.1f}/s  "
+                    f"{s['mode']:<9} {fmt:<6} offered {rate:>6}/s  published {s['publish_rate']:>9.1f}/s  "
                     f"kafka {s['kafka_per_s']:>9.1f}/s  lost {s['lost']:>5}  p50 {s['p50_ms']} ms  "
-                    f"p99 {s['p99_ms']} ms  connector cpu {c.get('cpu_s')} s rss {c.get('peak_rss_mb')} MB",
+                    f"p99 {s['p99_ms']} ms  connector cpu {c.get('cpu_s')} s "
+                    f"({c.get('cpu_us_per_reading')} us/reading) rss {c.get('peak_rss_mb')} MB",
                     flush=True,
                 )
                 sup.check_alive()
                 if not passed(s):
                     break
                 best = s
-            key = "single" if batch == 1 else "batch"
             results[f"{key}_sustained_readings_per_s"] = best["kafka_per_s"] if best else 0
             results[f"{key}_p99_ms"] = best["p99_ms"] if best else None
+            results[f"{key}_connector_cpu_us_per_reading"] = (
+                best["processes"].get("connector", {}).get("cpu_us_per_reading") if best else None
+            )
     finally:
         sup.stop_all()
+        await asyncio.to_thread(forget_session, env["MQTT_URL"], env["CONNECTOR_CLIENT_ID"])
     results["lost"] = sum(s["lost"] for s in steps)
     results["steps"] = steps
-    results["conditions"] = conditions() | {"duration_s": args.duration, "batch": args.batch}
+    results["conditions"] = conditions() | {
+        "duration_s": args.duration,
+        "batch": args.batch,
+        "batch_format": args.batch_format,
+    }
     return results
 
 
@@ -253,6 +375,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--single-rates", default="2000,5000,8000,12000,16000")
     p.add_argument("--batch-rates", default="10000,20000,30000,40000,50000")
     p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--batch-format", choices=["senml", "native", "both"], default="senml")
     p.add_argument("--quick", action="store_true", help="one short low-rate step per mode (test suite)")
     args = p.parse_args(argv)
     try:
