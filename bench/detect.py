@@ -6,8 +6,7 @@ readings built beforehand so pydantic parsing is not counted). Also the state
 size per sensor, len(json.dumps(state)), after a week of readings. The last
 line is one JSON object {"bench": "detect", ...}.
 
-Readings/s through a Faust worker on a real broker is measured by the stream
-benchmarks, not here.
+Readings/s through one Faust worker on the real broker: `python -m bench.worker`.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from streams.detectors.health import SensorHealth
 from streams.detectors.hotline import HotlineBurst
 from streams.detectors.stats import RateOfChange, RobustSeasonal
 from streams.detectors.thresholds import GasThreshold, NoiseThreshold, WaterLevelThreshold
+from streams.detectors.traffic import TrafficCongestion
 
 T0 = datetime(2025, 7, 1, tzinfo=UTC)
 LOC = {"district": "朝阳区", "street": "望京街道", "grid": "g-1", "lat": 39.99, "lon": 116.47}
@@ -43,6 +43,7 @@ TYPES = {
     "water_level": ("m", 30, lambda i, r: 1.5 + 0.02 * math.sin(i / 458.0) + r.gauss(0, 0.01)),
     "manhole_gas": ("%LEL", 30, lambda i, r: max(0.0, round(0.8 + r.gauss(0, 0.25), 1))),
     "traffic_flow": ("veh/h", 60, lambda i, r: max(0.0, round(1800 + 900 * math.sin(i / 229.0) + r.gauss(0, 100)))),
+    "traffic_speed": ("km/h", 60, lambda i, r: max(3.0, round(55 + 15 * math.sin(i / 229.0) + r.gauss(0, 2), 1))),
 }
 
 
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         ("noise_gb3096", bench_step(NoiseThreshold(), readings("noise", n))),
         ("water_level", bench_step(WaterLevelThreshold(), readings("water_level", n))),
         ("manhole_gas", bench_step(GasThreshold(), readings("manhole_gas", n))),
+        ("traffic_congestion", bench_step(TrafficCongestion(), readings("traffic_speed", n))),
         ("engine_pm25", bench_engine(eng, pm)),
         ("engine_traffic_flow", bench_engine(eng, tf)),
     ]
