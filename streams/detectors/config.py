@@ -156,6 +156,17 @@ def validate(raw: Any, sites: Mapping[str, Mapping[str, Any]] | None = None) -> 
     rain = _section(raw, "rainfall")
     _levels(rain.get("levels"), "rainfall.levels")
 
+    tr = _section(raw, "traffic")
+    tr_levels = tr.get("levels")
+    if not isinstance(tr_levels, list) or not tr_levels or any(
+            not isinstance(lv, list) or len(lv) != 2 or not isinstance(lv[0], int | float)
+            or not 0 < lv[0] < 1 or str(lv[1]) not in _SEVERITIES for lv in tr_levels):
+        raise ConfigError("traffic.levels must be [[ratio in (0, 1), severity], ...]")
+    for k in ("median_of", "clear_after", "bin_warm_readings"):
+        _num(tr, k, "traffic", lo=1, hi=1e6)
+    for k in ("clear_ratio", "learn_above_ratio", "bin_alpha"):
+        _num(tr, k, "traffic", lo=0, hi=1)
+
     st = _section(raw, "statistical")
     for k in ("open_score", "instant_score", "clear_score", "roc_score"):
         _num(st, k, "statistical", lo=0.5, hi=1)

@@ -35,6 +35,7 @@ from streams.detectors.hotline import HotlineBurst, hotline_key
 from streams.detectors.localtime import LocalClock
 from streams.detectors.stats import RateOfChange, RobustSeasonal, Scored, StatParams
 from streams.detectors.thresholds import GasThreshold, NoiseThreshold, RainfallThreshold, WaterLevelThreshold
+from streams.detectors.traffic import TrafficCongestion
 
 __all__ = ["DetectionEngine", "LateEvent", "hotline_key", "stat_params"]
 
@@ -181,6 +182,7 @@ class DetectionEngine:
         self.thresholds[SensorType.WATER_LEVEL] = WaterLevelThreshold(config)
         self.thresholds[SensorType.MANHOLE_GAS] = GasThreshold(config)
         self.thresholds[SensorType.RAINFALL] = RainfallThreshold(config)
+        self.thresholds[SensorType.TRAFFIC_SPEED] = TrafficCongestion(config)
         confirm = int(config.section("statistical").get("confirm_readings", 1))
         self.stat = StatAdapter(RobustSeasonal(sp, clock), "robust z of the reading vs seasonal baseline", sp.open_score,
                                 confirm)  # fmt: skip

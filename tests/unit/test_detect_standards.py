@@ -134,6 +134,8 @@ def test_thresholds_file_is_validated(tmp_path: Path) -> None:
         load_config(overrides={"statistical": {"clear_score": 0.99999}})
     with pytest.raises(ConfigError, match="must ascend"):
         load_config(overrides={"manhole_gas": {"levels": [[25, "II"], [10, "IV"]]}})
+    with pytest.raises(ConfigError, match=r"traffic\.levels"):
+        load_config(overrides={"traffic": {"levels": [[1.5, "IV"]]}})
     bad = tmp_path / "t.yaml"
     bad.write_text("version: 1\nair: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -173,3 +175,62 @@ def test_aqi_open_from_setting_keeps_light_pollution_a_notice() -> None:
     assert kinds and kinds[0].kind == "open" and kinds[0].severity.rank >= Severity.III.rank
     with pytest.raises(ConfigError, match="open_from"):
         load_config(overrides={"air": {"open_from": "purple"}})
+
+
+def _speeds(days: float, jam_at: int | None = None, jam_len: int = 90, seed: int = 3) -> list[SensorReading]:
+    """Minute speeds with a rush-hour rhythm (local time), optionally a jam that
+    builds over 10 minutes to 30 % of the usual speed."""
+    import random
+
+    rhythm = (1.0, 1.0, 1.0, 1.0, 1.0, 0.97, 0.8, 0.55, 0.5, 0.65, 0.75, 0.78,
+              0.8, 0.78, 0.75, 0.72, 0.62, 0.5, 0.52, 0.7, 0.85, 0.92, 0.97, 1.0)  # fmt: skip
+    rng = random.Random(seed)
+    out = []
+    for i in range(int(days * 1440)):
+        t = T0 + timedelta(minutes=i)
+        v = 60 * rhythm[(t.hour + 8) % 24] * (1 + rng.gauss(0, 0.05))
+        if jam_at is not None and jam_at <= i < jam_at + jam_len:
+            v *= 1 - 0.7 * min(1.0, (i - jam_at) / 10)
+        out.append(SensorReading.model_validate({
+            "event_id": f"t-{i}", "sensor_id": "ts-1", "sensor_type": "traffic_speed", "value": round(v, 1),
+            "unit": "km/h", "ts": t.isoformat(), "location": LOC}))  # fmt: skip
+    return out
+
+
+def test_a_ramped_jam_at_rush_hour_is_congestion_and_the_rush_hour_is_not() -> None:
+    from streams.detectors.traffic import TrafficCongestion
+
+    jam = 2 * 1440 + 9 * 60  # day 3, 17:00 Beijing time: the evening rush (usual speed halved)
+    det = TrafficCongestion()
+    st = None
+    sig = []
+    for i, r in enumerate(_speeds(3, jam_at=jam)):
+        st, out = det.step(st, r)
+        sig += [(i - jam, s.kind, s.severity.value) for s in out]
+    assert [k for _, k, _ in sig] == ["open", "update", "clear"], sig  # no flapping between IV and III
+    assert 0 < sig[0][0] <= 12 and sig[0][2] == "IV", "opens while the jam builds, not after it"
+    assert sig[1][2] == "III" and 90 <= sig[2][0] <= 110
+    assert len(json.dumps(st)) < 700
+
+
+def test_two_clean_days_of_rush_hours_raise_no_congestion() -> None:
+    from streams.detectors.traffic import TrafficCongestion
+
+    det = TrafficCongestion()
+    st = None
+    for r in _speeds(4, seed=9):
+        st, out = det.step(st, r)
+        assert out == [], out[0].title
+
+
+def test_a_long_jam_is_not_learned_as_usual() -> None:
+    from streams.detectors.traffic import TrafficCongestion
+
+    jam = 2 * 1440 + 2 * 60  # 10:00 local, six hours long
+    det = TrafficCongestion()
+    st = None
+    kinds = []
+    for r in _speeds(3, jam_at=jam, jam_len=360):
+        st, out = det.step(st, r)
+        kinds += [s.kind for s in out]
+    assert kinds[0] == "open" and kinds.count("clear") == 1 and kinds[-1] == "clear"
