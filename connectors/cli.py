@@ -16,7 +16,12 @@ async def _run(settings: object) -> None:
     from connectors.mqtt_kafka import MqttKafkaConnector, MqttKafkaSettings, default_routes, run_connector
 
     assert isinstance(settings, MqttKafkaSettings)
-    await ensure_topics(settings.kafka_bootstrap_servers, pipeline_topics(Topics(settings.topic_prefix), 4))
+    # only the topics it writes (its ACLs allow creating those and nothing else), as its own principal
+    topics = Topics(settings.topic_prefix)
+    wanted = {name: n for name, n in pipeline_topics(topics, 4).items()
+              if name in (topics.readings, topics.hotline, topics.dlq)}
+    await ensure_topics(settings.kafka_bootstrap_servers, wanted,
+                        client_kwargs=settings.kafka_security.aiokafka_kwargs())
     from connectors.registry import DeviceRegistry
 
     registry = DeviceRegistry.from_file(settings.registry_file) if settings.registry_file else DeviceRegistry.sample()

@@ -639,6 +639,38 @@ async def test_connector_ingests_as_its_principal_over_sasl(secured: Secured, ka
         await connector.close()
 
 
+async def test_connector_process_creates_only_its_topics_as_its_principal(
+        secured: Secured, kafka_bootstrap: str, mqtt_url: str, tmp_path: Path) -> None:
+    """`citybrain connector` on the SASL listener: at start it creates the topics
+    it writes, as `connector`, and does not try (and fail) to create the others."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from citybrain.supervisor import CONNECTOR_SUBSCRIBED, Supervisor
+
+    run = uuid.uuid4().hex[:8]
+    topics = Topics(f"sec{run}.")
+    await apply(kafka_bootstrap, Plan({}, service_acls(topics)))
+    sup = Supervisor(tmp_path, base_env=os.environ | {
+        "KAFKA_BOOTSTRAP_SERVERS": secured.sasl_bootstrap, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "connector",
+        "KAFKA_SASL_PASSWORD": (secured.secrets_dir / "kafka-connector").read_text().strip(),
+        "CONNECTOR_TOPIC_PREFIX": topics.prefix, "CONNECTOR_CLIENT_ID": f"sec-cli-{run}", "MQTT_URL": mqtt_url,
+    })  # fmt: skip
+    sup.start("connector", ["connector", "--log-level", "info"])
+    try:
+        await asyncio.to_thread(sup.wait_for_log, "connector", CONNECTOR_SUBSCRIBED, 60)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            mine = {t for t in await admin.list_topics() if t.startswith(topics.prefix)}
+        finally:
+            await admin.close()
+        assert mine == {topics.readings, topics.hotline, topics.dlq}
+        sup.check_alive()
+    finally:
+        sup.stop_all()
+
+
 def test_opscenter_runs_as_its_principal_over_sasl(secured: Secured, database_url: str, kafka_bootstrap: str) -> None:
     """Phase 2: the operations center's publisher and live feed on the SASL listener."""
     import time
