@@ -20,12 +20,14 @@ from citybrain.errors import RejectedPayload
 from connectors.base import DecodeContext
 from connectors.decoders import native, senml
 from connectors.registry import DeviceRegistry
+from schemas import stable_id
 from tests.unit.conftest import T0, reading_dict
 
 NOW = T0 + timedelta(seconds=5)
 CTX = DecodeContext(now=NOW, pii_key=b"k")
 REGISTRY = DeviceRegistry.sample()
 SCTX = DecodeContext(now=NOW, registry=REGISTRY)
+_NAMES_FOR_IDS = ["urn:dev:mac:70b3d57ed005a1c1:pm25", "bj-cy-noise-0007", "a", "名"]
 SENML_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "payloads" / "senml"
 
 
@@ -184,6 +186,12 @@ def test_senml_fixture_packs_take_the_hot_path_and_match() -> None:
         path.name: agree(senml.encode, senml.decode, path.read_bytes(), ctx) for path in sorted(SENML_DIR.glob("*.json"))
     }
     assert took == {"air-pack.json": True, "mixed-units.json": True, "relative-now.json": True, "string-value.json": False}
+
+
+@given(st.sampled_from(_NAMES_FOR_IDS), st.integers(0, 2**40))
+def test_senml_event_id_is_the_stable_id_of_name_and_time(name: str, us: int) -> None:
+    ts = datetime(2025, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+    assert senml.event_id(name, ts.isoformat()) == stable_id("senml", name, ts, prefix="sm-")
 
 
 def test_senml_out_of_range_value_steps_aside() -> None:
