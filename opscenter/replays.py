@@ -198,17 +198,24 @@ class ReplayManager:
                 "to": s.end, "area": s.area, "sensors": list(s.sensors), "speed": speed, "readings": 0,
                 "hotline": 0, "summary": None, "topics_kept": False, "cleaned": False, "error": x.error}
 
-    def decorate(self, item: dict[str, Any]) -> dict[str, Any]:
+    def decorate(self, item: dict[str, Any], requesters: Mapping[str, str]) -> dict[str, Any]:
+        """Who asked (the audit trail: lasts across restarts; None for a run started from the CLI)."""
         x = self.local.get(item["run"])
-        if x is not None:
-            item["requested_by"] = x.requested_by
-            if x.error:
-                item["error"] = x.error
+        item["requested_by"] = requesters.get(item["run"]) or (x.requested_by if x else None)
+        if x is not None and x.error:
+            item["error"] = x.error
         return item
+
+    @staticmethod
+    async def requesters(conn: Any, runs: list[str]) -> dict[str, str]:
+        rows = await conn.fetch("SELECT subject, actor FROM audit_log WHERE kind = 'replay.request' "
+                                "AND subject = ANY($1)", runs)
+        return {r["subject"]: r["actor"] for r in rows}
 
     async def list(self, conn: Any, limit: int) -> list[dict[str, Any]]:
         rows = await conn.fetch("SELECT * FROM replay_runs ORDER BY started_at DESC, run_id DESC LIMIT $1", limit)
-        items = [self.decorate(self.row_json(r)) for r in rows]
+        who = await self.requesters(conn, [r["run_id"] for r in rows])
+        items = [self.decorate(self.row_json(r), who) for r in rows]
         known = {i["run"] for i in items}
         extra = [j for run in self.local if run not in known and (j := self.local_json(run)) is not None]
         return extra + items
@@ -217,7 +224,7 @@ class ReplayManager:
         r = await conn.fetchrow("SELECT * FROM replay_runs WHERE run_id = $1", run)
         if r is None:
             return self.local_json(run)
-        item = self.decorate(self.row_json(r))
+        item = self.decorate(self.row_json(r), await self.requesters(conn, [run]))
         if r["status"] == "done" and r["run_dir"]:
             path = Path(r["run_dir"]) / "diff.json"
             try:

@@ -102,7 +102,7 @@ def test_engineer_replays_a_range_from_the_api(served: dict[str, Any], database_
         assert pm, produced
         assert pm[0]["district"] == "朝阳区" and "eeb" in pm[0]["departments"]
         listed = c.get("/api/v1/replays").json()["items"]
-        assert [x["run"] for x in listed] == [run] and listed[0]["status"] == "done"
+        assert [(x["run"], x["status"], x["requested_by"]) for x in listed] == [(run, "done", "test-engineer")]
 
     async def audit_rows() -> list[Any]:
         conn = await connect(database_url, served["schema"], "test-opscenter-replay")
