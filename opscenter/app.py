@@ -240,7 +240,11 @@ def create_app(settings: OpscenterSettings, *, clock: Callable[[], datetime] = n
             "the alert's new revision arrives on `city.alerts`.\n\n"
             "**Emergency mode** (POST /api/v1/mode) is published to `city.control.mode` (key = scope) as "
             "`{event_id, scope, mode, actor, actor_department, ts}` (streams.emergency.ModeSwitch); "
-            "ops and the emergency bureau (ema) may switch."
+            "ops and the emergency bureau (ema) may switch.\n\n"
+            "**Replays** (POST /api/v1/replays, engineers and ops) re-run a recorded range through an isolated "
+            "worker as `citybrain replay` does (a child process; topics `replay.<run>.*`); GET /api/v1/replays/{run} "
+            "gives its status, counts and, when done, the diff against the recorded alerts. 422 with a `reason` "
+            "for a request that cannot run; 409 while the allowed number of runs is running."
         ),
         lifespan=lifespan,
         docs_url=None,
