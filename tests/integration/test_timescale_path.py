@@ -24,8 +24,10 @@ without Node.js or them the tests fail, they never skip.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import shutil
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -547,3 +549,19 @@ async def test_late_rows_reach_the_rollups_through_the_policies(ts_conn: asyncpg
                     stale.append(f"{sid} {res} {age}: timescale n={sum(x.n for x in t.points)}, "
                                  f"plain n={sum(x.n for x in p.points)}")
     assert not stale, "Timescale rollups stale after late rows:\n" + "\n".join(stale)
+
+
+async def test_cli_migrates_the_public_schema_to_timescale(pglite: PgliteServer) -> None:
+    """`citybrain db migrate --flavor timescale` as an operator runs it: the
+    default schema, the extension created, then nothing left to apply."""
+    env = {**os.environ, "DATABASE_URL": pglite.url}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "citybrain.cli", "db", "migrate", "--flavor", "timescale",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    versions = ", ".join(f"{m.version:04d}" for m in load_migrations())
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == f"schema public (timescale): applied {versions}; 0 already applied"
+    # the server served that one session and left cleanly with it
+    assert await asyncio.wait_for(pglite.proc.wait(), 30) == 0
+    assert "client sent Terminate" in pglite.log.read_text()
