@@ -26,6 +26,7 @@ import json
 import os
 import threading
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import ROOT, ProcStats, conditions, percentile, service_pids
+from bench.faults_stack import free_port
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
 from citybrain.supervisor import Supervisor
 from citybrain.topics import Topics
@@ -47,7 +49,8 @@ from schemas import stable_id
 SENSORS = 5000
 LOG_APPEND_TIME = 1  # Kafka record timestamp type
 LATENCY_SAMPLE = 5  # every 5th reading's latency
-WINDOW = 20000  # QoS 1 messages the publisher has unacknowledged at most
+WINDOW = 20000
+STALL_S = 30  # the step ends when nothing new reached Kafka for this long  # QoS 1 messages the publisher has unacknowledged at most
 LOCATION = {"district": "朝阳区", "lat": 39.92, "lon": 116.44}
 
 
@@ -230,7 +233,7 @@ async def step(
     acked = set(pub.acked)
     last = time.monotonic()
     n = 0
-    while len(seen.keys() & acked) < len(acked) and time.monotonic() - last < 15:
+    while len(seen.keys() & acked) < len(acked) and time.monotonic() - last < STALL_S:
         if len(seen) != n:
             n, last = len(seen), time.monotonic()
         stats.sample()
@@ -240,6 +243,7 @@ async def step(
     stop.set()
     lat = await consumer
     got = len(seen.keys() & acked)
+    counters = await asyncio.to_thread(connector_counters, env.get("CONNECTOR_METRICS_PORT", ""))
     processes = stats.report()
     if "connector" in processes and got:
         processes["connector"]["cpu_us_per_reading"] = round(processes["connector"]["cpu_s"] / got * 1e6, 1)
@@ -256,11 +260,31 @@ async def step(
         "p50_ms": _r(percentile(lat, 50)),
         "p99_ms": _r(percentile(lat, 99)),
         "processes": processes,
+        # the connector's own loss accounting since it started (all steps so far):
+        # received / acknowledged MQTT messages, decoded readings, produced records
+        "connector_counters": counters,
     }
 
 
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
+
+
+def connector_counters(port: str) -> dict[str, float]:
+    """The connector's Prometheus counters (loss accounting per hop)."""
+    if not port:
+        return {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("citybrain_connector_") and "_total{" in line:
+            name = line.split("{", 1)[0].removeprefix("citybrain_connector_").removesuffix("_total")
+            out[name] = out.get(name, 0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def forget_session(url: str, client_id: str) -> None:
@@ -312,6 +336,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         CONNECTOR_CLIENT_ID=f"ingest-connector-{tag}",
         CONNECTOR_PII_KEY=env.get("CONNECTOR_PII_KEY", "bench"),
         CONNECTOR_REGISTRY_FILE=str(registry),
+        CONNECTOR_METRICS_PORT=str(free_port()),
     )
     await ensure_topics(env["KAFKA_BOOTSTRAP_SERVERS"], pipeline_topics(topics, 4))
     await log_append_time(env["KAFKA_BOOTSTRAP_SERVERS"], topics.readings)
@@ -343,7 +368,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     f"{s['mode']:<9} {fmt:<6} offered {rate:>6}/s  published {s['publish_rate']:>9.1f}/s  "
                     f"kafka {s['kafka_per_s']:>9.1f}/s  lost {s['lost']:>5}  p50 {s['p50_ms']} ms  "
                     f"p99 {s['p99_ms']} ms  connector cpu {c.get('cpu_s')} s "
-                    f"({c.get('cpu_us_per_reading')} us/reading) rss {c.get('peak_rss_mb')} MB",
+                    f"({c.get('cpu_us_per_reading')} us/reading) rss {c.get('peak_rss_mb')} MB  "
+                    f"connector counters {s['connector_counters']}",
                     flush=True,
                 )
                 sup.check_alive()
