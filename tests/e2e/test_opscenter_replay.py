@@ -55,12 +55,12 @@ def served(database_url: str, kafka_bootstrap: str, tmp_path: Path) -> Iterator[
         finally:
             await pool.close()
 
-    tokens = asyncio.run(setup())
     settings = OpscenterSettings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
                                  db_schema=schema, topic_prefix=f"t{u}.", client_id=f"test-opscenter-{u}",
                                  replay_run_root=str(tmp_path / "replay"), replay_partitions=1)
-    app = create_app(settings, kafka=False, replay_env=dict(os.environ))
     try:
+        tokens = asyncio.run(setup())
+        app = create_app(settings, kafka=False, replay_env=dict(os.environ))
         with ServerThread(app) as srv:
             yield {"url": srv.url, "tokens": tokens, "schema": schema, "sensor": sensor, "now": now, "u": u}
     finally:

@@ -166,12 +166,12 @@ def env(database_url: str, kafka_bootstrap: str) -> Iterator[Env]:
         finally:
             await pool.close()
 
-    tokens, token_ids = asyncio.run(setup())
     settings = OpscenterSettings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
                                  db_schema=schema, topic_prefix=prefix, client_id=f"test-opscenter-{u}",
                                  feed_keepalive_s=1.0)
-    app = create_app(settings, replay_env=dict(os.environ))
     try:
+        tokens, token_ids = asyncio.run(setup())  # inside: a failed set-up drops its schema too
+        app = create_app(settings, replay_env=dict(os.environ))
         with ServerThread(app) as srv:
             st = app.state.ops
             deadline = time.monotonic() + 30
