@@ -161,10 +161,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     u = uuid.uuid4().hex[:8]
     schema, prefix = f"bench_api_{u}", f"bench{u}."
     now = datetime.now(UTC)
-    await migrate_schema(db, schema)
-    await ensure_topics(bootstrap, pipeline_topics(Topics(prefix), 4))
     proc = None
     try:
+        await migrate_schema(db, schema)
+        await ensure_topics(bootstrap, pipeline_topics(Topics(prefix), 4))
         t = time.monotonic()
         models = alerts(args.alerts, u, now)
         await store(db, schema, "alerts", models)
