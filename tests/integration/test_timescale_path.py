@@ -238,8 +238,10 @@ async def query_everything(conn: asyncpg.Connection, r0: datetime, w0: datetime,
                            now: datetime) -> dict[str, Any]:
     """Every read the query layer offers, over the three data tiers."""
     out: dict[str, Any] = {}
+    a0 = e0 - timedelta(days=360)
     ranges = {"recent": (r0, r0 + timedelta(hours=3)), "week": (w0, w0 + timedelta(hours=2)),
-              "expired": (e0, e0 + timedelta(hours=1)), "all": (e0 - timedelta(days=1), now)}
+              "expired": (e0, e0 + timedelta(hours=1)), "ancient": (a0, a0 + timedelta(hours=1)),
+              "all": (a0 - timedelta(days=1), now)}
     for sid, *_ in SENSORS:
         for name, (a, b) in ranges.items():
             for res in ("raw", "1m", "1h"):
@@ -399,13 +401,17 @@ async def test_same_data_same_answers_on_both_paths(ts_conn: asyncpg.Connection,
     r0 = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)  # recent: raw, within 3 days
     w0 = r0 - timedelta(days=10)  # a week old: compressed, within raw retention
     e0 = r0 - timedelta(days=40)  # past raw retention (30 days), within 1-minute retention (1 year)
+    a0 = e0 - timedelta(days=360)  # past 1-minute retention too; 1-hour rollups are kept
     rnd = random.Random(20261123)
     recent = readings(r0, timedelta(hours=3), timedelta(seconds=30), rnd, "r")
     week = readings(w0, timedelta(hours=2), timedelta(seconds=60), rnd, "w")
     expired = readings(e0, timedelta(hours=1), timedelta(seconds=60), rnd, "e")
+    ancient = readings(a0, timedelta(hours=1), timedelta(seconds=60), rnd, "a")
     spec = SPECS["readings"]
+    # the plain path's maintenance ran while these hours were still within raw retention
+    assert await both(plain, ts, spec, ancient) == len(ancient)
+    assert await refresh_rollups(plain, a0 + timedelta(days=1)) == 1
     assert await both(plain, ts, spec, expired) == len(expired)
-    # the plain path's maintenance ran while the oldest hour was still within raw retention
     assert await refresh_rollups(plain, e0 + timedelta(days=1)) == 1
     await refresh_timescale_rollups(ts, None, None)
     assert await both(plain, ts, spec, week + recent) == len(week) + len(recent)
@@ -458,7 +464,7 @@ async def test_same_data_same_answers_on_both_paths(ts_conn: asyncpg.Connection,
     q_plain = await query_everything(plain, r0, w0, e0, now)
     assert_same(q_plain, await query_everything(ts, r0, w0, e0, now), "real-time aggregates")
     # the comparison is not vacuous: every tier and resolution has data
-    for tier, n in (("recent", 60 * 3), ("week", 60 * 2), ("expired", 60)):
+    for tier, n in (("recent", 60 * 3), ("week", 60 * 2), ("expired", 60), ("ancient", 60)):
         assert len(q_plain[f"series ts-s0 {tier} 1m"].points) >= n - 5, tier
         assert q_plain[f"series ts-s0 {tier} raw"].points
     assert q_plain["series ts-s0 auto"].resolution == "raw"
@@ -489,16 +495,21 @@ async def test_same_data_same_answers_on_both_paths(ts_conn: asyncpg.Connection,
     assert_same(q_plain, await query_everything(ts, r0, w0, e0, now), "late rows into compressed chunks")
 
     # 4. Retention (Timescale's policy jobs vs the plain path's drop_expired): raw
-    #    readings past 30 days and DLQ entries past 90 days go, their rollups stay
+    #    readings past 30 days, DLQ entries past 90 days and 1-minute rollups past a
+    #    year go; 1-hour rollups stay
     for table in ("readings", "dlq_index", "readings_1m"):
         await ts.execute(f"CALL run_job({await job_id(ts, 'policy_retention', table)})")
     dropped = await drop_expired(plain, now)
-    assert any(d.startswith("readings_p") for d in dropped) and any(d.startswith("dlq_index_p") for d in dropped)
+    for table in ("readings", "dlq_index", "readings_1m"):
+        assert any(d.startswith(f"{table}_p") for d in dropped), (table, dropped)
+    assert not any(d.startswith("readings_1h") for d in dropped)
     q_plain = await query_everything(plain, r0, w0, e0, now)
     assert_same(q_plain, await query_everything(ts, r0, w0, e0, now), "after retention")
     assert q_plain["series ts-s0 expired raw"].points == []
     assert len(q_plain["series ts-s0 expired 1m"].points) >= 55  # outlived their raw rows
     assert len(q_plain["series ts-s0 expired 1h"].points) == 1
+    assert q_plain["series ts-s0 ancient raw"].points == [] and q_plain["series ts-s0 ancient 1m"].points == []
+    assert [p.n for p in q_plain["series ts-s0 ancient 1h"].points] == [sum(1 for r in ancient if r[2] == "ts-s0")]
     assert q_plain["series ts-s0 week raw"].points  # 10 days old: still within raw retention
     assert len(q_plain["dlq"]) == 2
 
