@@ -126,11 +126,6 @@ def _plainly_valid(rec: dict[str, Any]) -> bool:
     return True
 
 
-def _check_types(rec: dict[str, Any], where: str) -> None:
-    if not _plainly_valid(rec):
-        _check_types_fully(rec, where)
-
-
 def _check_types_fully(rec: dict[str, Any], where: str) -> None:
     for key in rec:
         if isinstance(key, str) and key.endswith("_"):
@@ -164,10 +159,10 @@ def _resolved(data: Any, ctx: DecodeContext) -> Iterator[tuple[DeviceEntry, floa
     bt = bv = 0.0
     times: dict[float, tuple[datetime, str]] = {}
     for i, rec in enumerate(data):
-        where = f"record {i}"
         if not isinstance(rec, dict):
-            raise RejectedPayload("invalid_field", f"{where} must be a JSON object, got {type(rec).__name__}")
-        _check_types(rec, where)
+            raise RejectedPayload("invalid_field", f"record {i} must be a JSON object, got {type(rec).__name__}")
+        if not _plainly_valid(rec):
+            _check_types_fully(rec, f"record {i}")
         if "bn" in rec:
             bn = rec["bn"]
         if "bt" in rec:
@@ -179,26 +174,26 @@ def _resolved(data: Any, ctx: DecodeContext) -> Iterator[tuple[DeviceEntry, floa
 
         name = bn + rec.get("n", "")
         if not name:
-            raise RejectedPayload("missing_field", f"{where}: no name (bn + n is empty)")
+            raise RejectedPayload("missing_field", f"record {i}: no name (bn + n is empty)")
         if not _NAME.match(name):
-            raise RejectedPayload("invalid_field", f"{where}: {name[:80]!r} is not a valid SenML name")
+            raise RejectedPayload("invalid_field", f"record {i}: {name[:80]!r} is not a valid SenML name")
         for kind in ("vs", "vb", "vd"):
             if kind in rec:
                 raise RejectedPayload(
-                    "wrong_type", f"{where} ({name}): a {kind} value is not a number; numeric sensors need 'v'"
+                    "wrong_type", f"record {i} ({name}): a {kind} value is not a number; numeric sensors need 'v'"
                 )
         if "v" not in rec:
             has = "only a sum 's'" if "s" in rec else "no value"
-            raise RejectedPayload("missing_field", f"{where} ({name}) has {has}; a reading needs 'v'")
+            raise RejectedPayload("missing_field", f"record {i} ({name}) has {has}; a reading needs 'v'")
 
         entry = registry.by_name(name)
         raw = bv + float(rec["v"])
         unit = rec.get("u", bu)
-        value = raw if unit is None or unit == entry.unit else _convert(raw, unit, entry.unit, f"{where} ({name})")
+        value = raw if unit is None or unit == entry.unit else _convert(raw, unit, entry.unit, f"record {i} ({name})")
         seconds = bt + float(rec.get("t", 0.0))
         known = times.get(seconds)
         if known is None:  # records of a pack mostly share their time: resolve and check it once
-            ts = _time(seconds, ctx.now, where)
+            ts = _time(seconds, ctx.now, f"record {i}")
             ctx.check_time(ts)
             known = times[seconds] = (ts, ts.isoformat())
         yield entry, value, known[0], event_id(name, known[1])
@@ -210,7 +205,7 @@ def event_id(name: str, iso_time: str) -> str:
 
 
 def decode(topic: str, payload: bytes, ctx: DecodeContext) -> list[SensorReading]:
-    return [entry.reading(value, ts, event_id, SOURCE) for entry, value, ts, event_id in _resolved(parse_json(payload), ctx)]
+    return [entry.reading(value, ts, eid, SOURCE) for entry, value, ts, eid in _resolved(parse_json(payload), ctx)]
 
 
 # The hot path: the same resolution, and for a record whose value is finite and
@@ -219,18 +214,31 @@ def decode(topic: str, payload: bytes, ctx: DecodeContext) -> list[SensorReading
 # directly, as pydantic would write it. Anything refused returns None and
 # `decode` names the reason. tests/unit/test_decoders_fast.py holds the two
 # paths to agreement.
-_LOCATIONS: dict[int, tuple[DeviceEntry, dict[str, Any]]] = {}
+# per registry entry: what its readings' JSON repeats (keyed by identity, the
+# entry held so its id stays its own; a reloaded registry brings new entries)
+_Info = tuple[DeviceEntry, bytes, str, str, str, dict[str, Any], float, float]
+_INFO: dict[int, _Info] = {}
 
 
-def _location_json(entry: DeviceEntry) -> dict[str, Any]:
-    hit = _LOCATIONS.get(id(entry))
+def _info(entry: DeviceEntry) -> _Info:
+    hit = _INFO.get(id(entry))
     if hit is not None and hit[0] is entry:
-        return hit[1]
-    if len(_LOCATIONS) > 100_000:  # registries reloaded many times: start again
-        _LOCATIONS.clear()
-    loc = entry.location.model_dump(exclude_none=True)
-    _LOCATIONS[id(entry)] = (entry, loc)  # the entry held, so its id stays its own
-    return loc
+        return hit
+    if len(_INFO) > 100_000:  # registries reloaded many times: start again
+        _INFO.clear()
+    spec = CATALOGUE[entry.sensor_type]
+    info = (
+        entry,
+        entry.sensor_id.encode(),
+        entry.sensor_id,
+        entry.sensor_type.value,
+        entry.unit,
+        entry.location.model_dump(exclude_none=True),
+        float(spec.low),
+        float(spec.high),
+    )
+    _INFO[id(entry)] = info
+    return info
 
 
 def encode(topic: str, payload: bytes, ctx: DecodeContext) -> list[tuple[bytes, bytes]] | None:
@@ -238,22 +246,22 @@ def encode(topic: str, payload: bytes, ctx: DecodeContext) -> list[tuple[bytes, 
     try:
         data = orjson.loads(payload)
         out = []
-        for entry, value, ts, event_id in _resolved(data, ctx):
-            spec = CATALOGUE[entry.sensor_type]
-            if not spec.low <= value <= spec.high or ts.tzinfo is not UTC:  # NaN fails the range too
+        for entry, value, ts, eid in _resolved(data, ctx):
+            _, key, sensor_id, sensor_type, unit, location, low, high = _info(entry)
+            if not low <= value <= high or ts.tzinfo is not UTC:  # NaN fails the range too
                 return None
             reading = {
                 "schema_version": 1,
-                "event_id": event_id,
-                "sensor_id": entry.sensor_id,
-                "sensor_type": entry.sensor_type.value,
+                "event_id": eid,
+                "sensor_id": sensor_id,
+                "sensor_type": sensor_type,
                 "value": value,
-                "unit": entry.unit,
+                "unit": unit,
                 "ts": ts,
-                "location": _location_json(entry),
+                "location": location,
                 "source": SOURCE,
             }
-            out.append((entry.sensor_id.encode(), orjson.dumps(reading, option=orjson.OPT_UTC_Z)))
+            out.append((key, orjson.dumps(reading, option=orjson.OPT_UTC_Z)))
     except (RejectedPayload, orjson.JSONDecodeError):
         return None
     return out
