@@ -43,8 +43,8 @@ from bench.faults_stack import free_port
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
 from citybrain.supervisor import Supervisor
 from citybrain.topics import Topics
+from connectors.decoders.senml import event_id as senml_event_id
 from connectors.mqtt_kafka import parse_mqtt_url
-from schemas import stable_id
 
 SENSORS = 5000
 LOG_APPEND_TIME = 1  # Kafka record timestamp type
@@ -129,7 +129,8 @@ class RatePublisher:
         records: list[dict[str, Any]] = [{"n": str((seq + k) % SENSORS), "v": 50.0 + k % 20} for k in range(self.batch)]
         records[0] |= {"bn": bn, "bt": bt, "bu": "dB"}
         ts = datetime.fromtimestamp(bt, tz=UTC)  # as the connector resolves bt + t (t = 0)
-        return orjson.dumps(records), [stable_id("senml", bn + r["n"], ts, prefix="sm-") for r in records]
+        iso = ts.isoformat()  # the ids the connector will give them (senml.event_id is stable_id, spelt out)
+        return orjson.dumps(records), [senml_event_id(bn + r["n"], iso) for r in records]
 
     def run_loop(self) -> None:
         msgs_per_s = self.rate / self.batch
