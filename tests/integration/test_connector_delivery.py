@@ -105,12 +105,24 @@ def connector_env(bootstrap: str, run: str) -> dict[str, str]:
     return env
 
 
-async def test_kill_9_mid_stream_loses_nothing(kafka_bootstrap: str, mqtt_publish_url: str, tmp_path: Path) -> None:
+@pytest.fixture
+def stopped_after() -> Iterator[list[Supervisor]]:
+    """Supervisors whose children are stopped when the test ends, passed or not."""
+    sups: list[Supervisor] = []
+    yield sups
+    for sup in sups:
+        sup.stop_all()
+
+
+async def test_kill_9_mid_stream_loses_nothing(
+    kafka_bootstrap: str, mqtt_publish_url: str, tmp_path: Path, stopped_after: list[Supervisor]
+) -> None:
     run = uuid.uuid4().hex[:8]
     env = connector_env(kafka_bootstrap, run)
     topics = Topics(f"c{run}.")
     await ensure_topics(kafka_bootstrap, pipeline_topics(topics, 4))
     sup = Supervisor(tmp_path, base_env=env)
+    stopped_after.append(sup)
     sup.start("connector", ["connector", "--log-level", "info"])
     # the persistent session exists once the connector subscribed; before that the broker queues nothing
     await asyncio.to_thread(wait_until_subscribed, sup, 120)
@@ -153,7 +165,7 @@ def private_kafka(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 async def test_kafka_down_30s_loses_nothing_memory_bounded(
-    private_kafka: tuple[str, Path], mqtt_publish_url: str, tmp_path: Path
+    private_kafka: tuple[str, Path], mqtt_publish_url: str, tmp_path: Path, stopped_after: list[Supervisor]
 ) -> None:
     bootstrap, run_dir = private_kafka
     run = uuid.uuid4().hex[:8]
@@ -161,6 +173,7 @@ async def test_kafka_down_30s_loses_nothing_memory_bounded(
     topics = Topics(f"c{run}.")
     await ensure_topics(bootstrap, pipeline_topics(topics, 4))
     sup = Supervisor(tmp_path / "logs", base_env=env)
+    stopped_after.append(sup)
     child = sup.start("connector", ["connector", "--log-level", "info"])
     # the outage must hit a running connector, not one still starting (a loaded machine starts slowly)
     await asyncio.to_thread(wait_until_subscribed, sup, 120)
@@ -214,40 +227,42 @@ async def test_every_bad_input_class_is_dead_lettered_and_good_input_flows(
     await ensure_topics(kafka_bootstrap, pipeline_topics(topics, 4))
     sup = Supervisor(tmp_path, base_env=env)
     sup.start("connector", ["connector"])
-    await asyncio.sleep(4)
-    poison = dict(POISON)
-    poison["wrong_type"] = json.dumps(reading(run, 0, value="55")).encode()
-    poison["out_of_range"] = json.dumps(reading(run, 0, value=500.0)).encode()
-    poison["time_out_of_range"] = json.dumps(reading(run, 0, ts="2031-01-01T00:00:00+00:00")).encode()
-    poison["oversized"] = json.dumps(reading(run, 0, pad="x" * 70000)).encode()
-    bad = reading(run, 0)
-    del bad["sensor_type"]
-    poison["missing_field"] = json.dumps(bad).encode()
-    pub = MqttPublisher(mqtt_publish_url, f"pub-{run}")
-    good: set[str] = set()
     try:
-        for i, (reason, payload) in enumerate(poison.items()):
-            assert payload is not None
-            pub.publish(f"city/sensors/{run}/{reason}", payload)
-            ok = reading(run, 1000 + i)
-            pub.publish(f"city/sensors/{run}/ok", json.dumps(ok).encode())
-            good.add(ok["event_id"])
+        await asyncio.sleep(4)
+        poison = dict(POISON)
+        poison["wrong_type"] = json.dumps(reading(run, 0, value="55")).encode()
+        poison["out_of_range"] = json.dumps(reading(run, 0, value=500.0)).encode()
+        poison["time_out_of_range"] = json.dumps(reading(run, 0, ts="2031-01-01T00:00:00+00:00")).encode()
+        poison["oversized"] = json.dumps(reading(run, 0, pad="x" * 70000)).encode()
+        bad = reading(run, 0)
+        del bad["sensor_type"]
+        poison["missing_field"] = json.dumps(bad).encode()
+        pub = MqttPublisher(mqtt_publish_url, f"pub-{run}")
+        good: set[str] = set()
+        try:
+            for i, (reason, payload) in enumerate(poison.items()):
+                assert payload is not None
+                pub.publish(f"city/sensors/{run}/{reason}", payload)
+                ok = reading(run, 1000 + i)
+                pub.publish(f"city/sensors/{run}/ok", json.dumps(ok).encode())
+                good.add(ok["event_id"])
+        finally:
+            pub.close()
+        seen = await event_ids_in(kafka_bootstrap, topics.readings, good)
+        assert good <= seen.keys(), "good readings between poison messages all arrive"
+        consumer = AIOKafkaConsumer(topics.dlq, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+        await consumer.start()
+        reasons: dict[str, str] = {}
+        try:
+            deadline = time.monotonic() + 30
+            while len(reasons) < len(poison) and time.monotonic() < deadline:
+                for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                    for m in msgs:
+                        h = decode_headers(m.headers)
+                        reasons[h[H_SOURCE].rsplit("/", 1)[1]] = h[H_REASON]
+        finally:
+            await consumer.stop()
+        sup.check_alive()
+        assert reasons == {k: k for k in poison}, f"DLQ reasons by topic: {reasons}"
     finally:
-        pub.close()
-    seen = await event_ids_in(kafka_bootstrap, topics.readings, good)
-    assert good <= seen.keys(), "good readings between poison messages all arrive"
-    consumer = AIOKafkaConsumer(topics.dlq, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    reasons: dict[str, str] = {}
-    try:
-        deadline = time.monotonic() + 30
-        while len(reasons) < len(poison) and time.monotonic() < deadline:
-            for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                for m in msgs:
-                    h = decode_headers(m.headers)
-                    reasons[h[H_SOURCE].rsplit("/", 1)[1]] = h[H_REASON]
-    finally:
-        await consumer.stop()
-    sup.check_alive()
-    sup.stop_all()
-    assert reasons == {k: k for k in poison}, f"DLQ reasons by topic: {reasons}"
+        sup.stop_all()  # also when an assertion failed: no connector left running
