@@ -303,6 +303,7 @@ class MqttKafkaConnector:
                     encoded = None
                 if encoded:  # the common shape, checked and encoded without building models
                     readings = self.topics.readings
+                    self._check_speaks_for_itself(topic, [k for k, _ in encoded])
                     m.decoded.inc(len(encoded))
                     return _Pending(
                         msg.mid, msg.qos, [(readings, k, v, None) for k, v in encoded], n_readings=len(encoded)
@@ -310,6 +311,8 @@ class MqttKafkaConnector:
             events = route.decoder(topic, payload, ctx)
             if not events:
                 raise RejectedPayload("empty", "payload decoded to no events")
+            self._check_speaks_for_itself(
+                topic, [ev.sensor_id.encode() for ev in events if isinstance(ev, SensorReading)])
         except RejectedPayload as exc:
             return self._dead_letter(msg, payload, exc, ctx)
         except Exception as exc:  # a decoder bug must not stop ingestion: dead-letter it
@@ -326,6 +329,26 @@ class MqttKafkaConnector:
                 n += 1
         m.decoded.inc(n)
         return _Pending(msg.mid, msg.qos, records, n_readings=n)
+
+    def _check_speaks_for_itself(self, topic: str, sensor_keys: list[bytes]) -> None:
+        """A device's own topic (`city/sensors/<id>`, `city/senml/<id>`: the broker's
+        ACL lets a device publish there and nowhere else) carries only that
+        device's readings: a device claiming another sensor's readings is
+        dead-lettered, not ingested. Gateways and the simulator publish on
+        other topics (the `publisher` account), where no one device is implied."""
+        parts = topic.split("/")
+        if len(parts) != 3 or parts[0] != "city" or parts[1] not in ("sensors", "senml") or self.registry is None:
+            return
+        owner = parts[2]
+        try:
+            own = self.registry.by_sensor_id(owner).sensor_id.encode()
+        except RejectedPayload:
+            return  # not a registered device's topic
+        foreign = sorted({k for k in sensor_keys if k != own})
+        if foreign:
+            raise RejectedPayload("foreign_sensor", f"device {owner!r} published readings of "
+                                  f"{', '.join(k.decode(errors='replace') for k in foreign[:3])}: "
+                                  "a device speaks only for itself")
 
     def _dead_letter(self, msg: mqtt.MQTTMessage, payload: bytes, exc: RejectedPayload, ctx: DecodeContext) -> _Pending:
         self.metrics.rejected.labels(exc.reason).inc()
