@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -86,10 +87,10 @@ def register_detect(ctx: WorkerContext) -> None:
     # silent; a partition's own maximum depends only on its own, ordered input.
     watermarks: dict[int, datetime] = {}
 
+    ctx.extras["detected_topic"] = detected_topic
+
     async def publish(alert: Alert) -> None:
-        # to the lifecycle agent, keyed (and so partitioned) by alert_id; it
-        # publishes to city.alerts and the department topics
-        await detected_topic.send(key=alert.alert_id.encode(), value=alert.to_json(), force=True)
+        await ctx.publish_detected(alert)
 
     def current_rules() -> None:
         # hot reload: the holder swaps its table; the processor reads it per batch
@@ -135,6 +136,8 @@ def register_detect(ctx: WorkerContext) -> None:
                 state.data[key] = body
                 state.send_changelog(partition, key, body)
 
+    ctx.extras["detect"] = DetectHandles(detect, state)
+
     @app.timer(interval=settings.tick_every_s)
     async def tick_sensors() -> None:
         """Silence is detected by event-time progress, not by the next reading:
@@ -167,6 +170,14 @@ def register_detect(ctx: WorkerContext) -> None:
             if body != raw:
                 state.data[key] = body
                 state.send_changelog(st.get("p", 0), key, body)
+
+
+@dataclass(frozen=True, slots=True)
+class DetectHandles:
+    """For tests and tools: the detect agent and its per-sensor state table."""
+
+    agent: Any
+    table: Any
 
 
 # Each agent module: `register(ctx)` declares its agents, tables and timers.

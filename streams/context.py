@@ -108,6 +108,11 @@ class WorkerContext:
         )
         await self.dlq_topic.send(key=msg.key, value=msg.value, headers=headers, force=True)
 
+    async def publish_detected(self, alert: Alert) -> None:
+        """A detection revision to `city.alerts.detected`, keyed (and so partitioned)
+        by alert_id for the lifecycle agent, which publishes the alert onwards."""
+        await self.extras["detected_topic"].send(key=alert.alert_id.encode(), value=alert.to_json(), force=True)
+
     async def publish_notice(self, key: bytes, value: bytes) -> None:
         """A lifecycle notice (reminder, escalation, overdue, raised) to `city.alert.notices`."""
         if "notices_topic" not in self.extras:

@@ -25,6 +25,10 @@ class Recorder:
     applied: list[bytes] = field(default_factory=list)  # event ids of accepted actions
 
     notices: list[dict[str, Any]] = field(default_factory=list)
+    detected: list[Alert] = field(default_factory=list)  # detection revisions (to the lifecycle)
+
+    async def publish_detected(self, alert: Alert) -> None:
+        self.detected.append(alert)
 
     async def publish_notice(self, key: bytes, value: bytes) -> None:
         import orjson
@@ -77,4 +81,5 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
     ctx.dead_letter = rec.dead_letter  # type: ignore[method-assign]
     ctx.publish_applied_action = rec.publish_applied_action  # type: ignore[method-assign]
     ctx.publish_notice = rec.publish_notice  # type: ignore[method-assign]
+    ctx.publish_detected = rec.publish_detected  # type: ignore[method-assign]
     yield Worker(app, ctx, rec, clock)
