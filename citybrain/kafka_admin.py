@@ -53,6 +53,7 @@ async def ensure_topics(bootstrap: str, wanted: dict[str, int], timeout_s: float
             missing = {name: n for name, n in wanted.items() if name not in existing}
             if missing:
                 await create_topics(admin, missing)
+                await wait_until_served(admin, list(missing))
             return
         except KafkaConnectionError as exc:
             if asyncio.get_running_loop().time() > deadline:
@@ -77,6 +78,23 @@ async def create_topics(admin: AIOKafkaAdminClient, wanted: dict[str, int]) -> N
         raise PermanentError(f"Kafka refused to create topic {name}: {detail} (error {code})")
 
 
+async def wait_until_served(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 15.0) -> None:
+    """Until every partition of `names` has a leader: CreateTopics returns as the
+    controller accepts, and a producer's first send to a topic the broker does
+    not serve yet fails ("not found in cluster metadata"), which stalled Faust's
+    producer buffer for the whole worker (bench.faults postgres_immediate)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        served = {t["topic"] for t in await admin.describe_topics(names)
+                  if t["error_code"] == 0 and t["partitions"]
+                  and all(p["error_code"] == 0 and p["leader"] >= 0 for p in t["partitions"])}
+        if served >= set(names):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TransientError(f"topics {sorted(set(names) - served)} created but not served within {timeout_s:g} s")
+        await asyncio.sleep(0.05)
+
+
 class TopicCreator:
     """Creates topics on first use at run time (a department's topic when its
     first alert is routed) through one long-lived admin client: no full
@@ -99,6 +117,7 @@ class TopicCreator:
                         await admin.start()
                         self._admin = admin
                     await create_topics(self._admin, wanted)
+                    await wait_until_served(self._admin, list(wanted))
                     return
                 except (KafkaConnectionError, NotControllerError, RequestTimedOutError) as exc:
                     await self.close()

@@ -7,17 +7,22 @@ timers on `ctx.app`.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from citybrain.dlq import dlq_headers
+from citybrain.errors import TransientError
 from citybrain.kafka_admin import TopicCreator
 from citybrain.topics import Topics
 from schemas import Alert
 from streams.emergency import NORMAL, ModeInfo, mode_for
 from streams.routing import OPS, Geo, RulesHolder, department_copy
+
+log = logging.getLogger("citybrain.streams")
 
 if TYPE_CHECKING:
     import faust
@@ -90,7 +95,15 @@ class WorkerContext:
         """`city.alerts.dept.<code>`, created on first use with the pipeline's partition count."""
         if code not in self._dept_topics:
             name = self.topics.dept(code)
-            await self.topic_creator.ensure({name: self.settings.partitions})
+            delay = 1.0
+            while True:  # blocking the stream beats losing the department's copy
+                try:
+                    await self.topic_creator.ensure({name: self.settings.partitions})
+                    break
+                except TransientError as exc:
+                    log.warning("department topic %s not ready (%s); retrying in %.0f s", name, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
             self._dept_topics[code] = self.app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw")
         return self._dept_topics[code]
 

@@ -426,11 +426,14 @@ async def test_emergency_mode_routes_ema_and_is_recorded_in_the_evidence(
     await wait_log(pipeline, r"mode: district:chaoyang is now emergency", timeout=60)
 
     subject = f"lc-{run}-gate"
-    send_levels(publisher, run, "gate", [3.2, 3.2, 3.2])  # yellow: normally the water authority alone
+    # 2.9 m is below the 3.0 m warning level (blue, IV, in normal mode); the emergency
+    # profile scales water thresholds by 0.9, so it is yellow (III) here
+    send_levels(publisher, run, "gate", [2.9, 2.9, 2.9])
     msgs = await pipeline.consume(pipeline.topics.alerts, lambda got: bool(alerts_of(got, subject)), timeout=60)
     a = alerts_of(msgs, subject)[0]
     mode = a["evidence"]["details"]["mode"]
     assert mode["mode"] == "emergency" and mode["scope"] == "district:chaoyang"
+    assert a["severity"] == "III" and a["evidence"]["details"]["threshold_scale"] == 0.9
     assert set(a["departments"]) == {WATER, EMA, DISTRICT}, "平急转换: the emergency bureau and the district too"
     lc = a["evidence"]["details"]["lifecycle"]
     dispatched = datetime.fromisoformat(lc["last"]["at"])
