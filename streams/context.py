@@ -126,21 +126,21 @@ class WorkerContext:
         by alert_id for the lifecycle agent, which publishes the alert onwards."""
         await self.extras["detected_topic"].send(key=alert.alert_id.encode(), value=alert.to_json(), force=True)
 
+    def _raw_topic(self, name: str) -> Any:
+        """A bytes-in, bytes-out Faust topic of the pipeline, made once per name."""
+        key = f"topic:{name}"
+        if key not in self.extras:
+            self.extras[key] = self.app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw",
+                                              partitions=self.settings.partitions)
+        return self.extras[key]
+
     async def publish_notice(self, key: bytes, value: bytes) -> None:
         """A lifecycle notice (reminder, escalation, overdue, raised) to `city.alert.notices`."""
-        if "notices_topic" not in self.extras:
-            self.extras["notices_topic"] = self.app.topic(
-                self.topics.notices, key_type=bytes, value_type=bytes, value_serializer="raw",
-                partitions=self.settings.partitions)
-        await self.extras["notices_topic"].send(key=key, value=value, force=True)
+        await self._raw_topic(self.topics.notices).send(key=key, value=value, force=True)
 
     async def publish_applied_action(self, key: bytes, value: bytes) -> None:
         """An action the lifecycle accepted, as it arrived, to `city.alert.actions.applied`."""
-        if "applied_topic" not in self.extras:
-            self.extras["applied_topic"] = self.app.topic(
-                self.topics.actions_applied, key_type=bytes, value_type=bytes, value_serializer="raw",
-                partitions=self.settings.partitions)
-        await self.extras["applied_topic"].send(key=key, value=value, force=True)
+        await self._raw_topic(self.topics.actions_applied).send(key=key, value=value, force=True)
 
     async def publish_alert(self, alert: Alert) -> None:
         """The full alert to `city.alerts` (operations center) and to each routed

@@ -65,6 +65,20 @@ def hysteresis(ep: list[Any] | None, sev: Severity | None, below_clear: bool, t:
     return ep, None
 
 
+def step_episode(st: State, sev: Severity | None, cleared: bool, t: float,
+                 clear_after: int) -> tuple[str | None, Severity | None]:
+    """`hysteresis` on the state's episode, keeping its start and severity in the
+    state: (open|update|clear|None, the signal's severity when there is one)."""
+    ep, kind = hysteresis(st["ep"], sev, cleared, t, clear_after)
+    st["ep"] = ep
+    if ep is not None:
+        st["start"] = ep[0]
+        st["sev"] = ep[1]
+    if kind is None:
+        return None, None
+    return kind, sev if sev is not None else Severity(st["sev"])
+
+
 def _level(value: float, levels: list[tuple[float, Severity]]) -> Severity | None:
     sev = None
     for at, s in levels:
@@ -205,14 +219,9 @@ class _MedianLevel:
         if scale != 1.0:
             levels = [(at * scale, s) for at, s in levels]
         sev = _level(med, levels)
-        ep, kind = hysteresis(st["ep"], sev, med < self.clear_below(levels), t, self.clear_after)
-        st["ep"] = ep
-        if ep is not None:
-            st["start"] = ep[0]
-            st["sev"] = ep[1]
-        if kind is None:
+        kind, severity = step_episode(st, sev, med < self.clear_below(levels), t, self.clear_after)
+        if kind is None or severity is None:
             return st, []
-        severity = sev if sev is not None else Severity(st["sev"])
         ev = Evidence(
             detector=self.name, detector_version=self.version, statistic=self.statistic(),
             value=round(med, 4), threshold=levels[0][0],

@@ -27,7 +27,7 @@ from schemas import Evidence, SensorReading, SensorType, Severity
 from streams.detectors.base import Signal, State
 from streams.detectors.config import DetectConfig, default_config
 from streams.detectors.localtime import LocalClock
-from streams.detectors.thresholds import _signal, hysteresis
+from streams.detectors.thresholds import _signal, step_episode
 
 
 class TrafficCongestion:
@@ -95,15 +95,10 @@ class TrafficCongestion:
             if ratio <= worse_at + self.severity_margin:
                 sev = Severity(ep0[1])
         below_clear = ratio is None or ratio >= self.clear_ratio
-        # hysteresis counts readings at or above the clear ratio, not below a level
-        ep, kind = hysteresis(st["ep"], sev, below_clear, t, self.clear_after)
-        st["ep"] = ep
-        if ep is not None:
-            st["start"] = ep[0]
-            st["sev"] = ep[1]
-        if kind is None:
+        # the episode clears after readings at or above the clear ratio, not below a level
+        kind, severity = step_episode(st, sev, below_clear, t, self.clear_after)
+        if kind is None or severity is None:
             return st, []
-        severity = sev if sev is not None else Severity(st["sev"])
         ev = Evidence(
             detector=self.name, detector_version=self.version,
             statistic=f"median of last {self.k} speeds / usual speed at this hour (congestion ratio)",
