@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -117,6 +118,16 @@ class CaseRun:
 
     def pid(self, name: str) -> int:
         return self.sup.children[name].pid
+
+
+def _dump_worker_stacks(c: CaseRun) -> None:
+    """A worker that did not recover writes every thread's and task's stack to
+    its log (mode's SIGUSR1 handler), so the kept logs show where it waits."""
+    for name, child in c.sup.children.items():
+        if name.startswith("worker") and child.proc is not None and child.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGUSR1)
+    time.sleep(2)
 
 
 # ---------------------------------------------------------------- the faults
@@ -397,12 +408,17 @@ async def run_case(case: Case, cfg: Settings, stack: PrivateStack, services: dic
             if last["fresh"] and "rows_after_s" not in c.notes:
                 c.notes["rows_after_s"] = round(time.monotonic() - c.t_end_mono, 1)  # new rows, before lag 0
             last["lag"] = [await lag.lag(group, tps) for group, tps in groups]
+            for who, n in zip(("worker_lag0_s", "writer_lag0_s"), last["lag"], strict=True):
+                if n == 0 and who not in c.notes:  # which consumer group took the time
+                    c.notes[who] = round(time.monotonic() - c.t_end_mono, 1)
             return bool(last["fresh"]) and last["lag"] == [0, 0]
 
         waited = await wait_for(recovered, cfg.recovery_timeout_s, every=0.5)
         recovery = None if waited is None else round(time.monotonic() - c.t_end_mono, 1)
         if recovery is None:
-            c.notes["not_recovered"] = {"rows_fresh": last.get("fresh"), "lag_worker_writer": last.get("lag")}
+            c.notes["not_recovered"] = {"rows_fresh": last.get("fresh"), "lag_worker_writer": last.get("lag"),
+                                        "lag_by_partition": {g: lag.detail.get(g) for g, _ in groups}}
+            _dump_worker_stacks(c)
         await asyncio.sleep(cfg.after_s)
         load.stop()
         unacked = await asyncio.to_thread(load.wait_acks, 60)

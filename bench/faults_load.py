@@ -156,6 +156,7 @@ class LagProbe:
         self.bootstrap = bootstrap
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self.detail: dict[str, dict[str, int]] = {}  # group -> the last lag per partition (where not 0)
 
     async def _open(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
@@ -195,10 +196,14 @@ class LagProbe:
             await self.close()  # a fresh client next time: the broker may have restarted
             return None
         total = 0
+        detail: dict[str, int] = {}
         for tp in tps:
             c = committed.get(tp)
             done = c.offset if c is not None and c.offset >= 0 else start[tp]
             total += max(0, end[tp] - done)
+            if end[tp] > done:
+                detail[f"{tp.topic.rsplit('.', 1)[-1]}[{tp.partition}]"] = end[tp] - done
+        self.detail[group] = detail
         return total
 
 

@@ -35,7 +35,7 @@ from citybrain.errors import RejectedPayload
 from citybrain.kafka_security import KafkaSecurity
 from citybrain.topics import Topics
 from schemas import Alert, SensorReading
-from streams import hotline_agents, lifecycle_agent
+from streams import faust_fixes, hotline_agents, lifecycle_agent
 from streams.context import EPOCH, LifecycleClock, ModeBoard, WorkerContext
 from streams.lifecycle import DEFAULT_POLICY_FILE, load_policy
 from streams.pipeline import ReadingProcessor
@@ -189,6 +189,7 @@ REGISTRARS: tuple[Callable[[WorkerContext], None], ...] = (
 
 
 def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust.App:
+    faust_fixes.apply()
     topics = Topics(prefix=settings.topic_prefix)
     app = faust.App(
         settings.app_id,
@@ -235,3 +236,4 @@ def context_of(app: faust.App) -> WorkerContext:
     """The context `create_app` built (agent tests swap its publishing for fakes)."""
     ctx: WorkerContext = app.citybrain_context  # type: ignore[attr-defined]
     return ctx
+
