@@ -1,31 +1,37 @@
-"""A fix to faust-streaming's offset bookkeeping (pinned 0.15.3), applied once
-when the worker app is built.
+"""Two fixes to faust-streaming's offset bookkeeping (pinned 0.15.3), applied
+once when the worker app is built.
 
-The commit creep (bench.faults worker_kill9, about one run in three):
-right after a worker starts, Faust resumes the fetch flow before it seeks the
-stream partitions to their committed offsets ("Resuming flow" comes before
-"Seek stream partitions to committed offsets" in its log), and offsets read
-in that window can reach the consumer's `_acked` list twice (once as a read
-message, once more through its gap or re-read bookkeeping). `_new_offset`
-commits the first run of consecutive offsets in the sorted list, and with
-every offset doubled ([c, c, c+1, c+1, ...]) that run is one offset long: the
-worker then commits ONE offset per commit interval (1 s) while it processes
-hundreds per second. Nothing is lost, but the committed lag only grows, and
-a restart after that reprocesses everything since.
+The stall they cure (bench.faults worker_kill9 failed about one run in
+three): after a (re)start, `Recovery._resume_streams` resumes the stream
+partitions and only then awaits `perform_seek` (a round trip for the
+committed offsets). The fetch flow is already running (it was resumed for the
+changelogs), so records read in that window are delivered to the agents and
+then read again after the seek resets the position. Measured, per partition:
+40-100 offsets delivered twice. Two things then went wrong:
 
-The fix: before Faust picks the run, drop offsets below the committed one
-(already committed, can never matter again) and duplicates. Everything else
-(gaps, the head-of-list check) is Faust's own code, unchanged.
+* the doubled offsets reach the consumer's `_acked` list twice, and
+  `_new_offset` commits the first run of consecutive offsets: with
+  [c, c, c+1, c+1, ...] that run is one offset long, so the worker committed
+  ONE offset per commit interval (1 s) while processing hundreds;
+* worse, on one partition an offset of the window was never acked at all (its
+  first copy was dropped with the flow's buffers, its second skipped as
+  already read), a hole that held the committed offset for good.
+
+Fix 1 (the cause): seek first, then resume the stream partitions, so nothing
+is read from them before they sit at their committed offsets.
+Fix 2 (defence): before Faust picks the run, drop offsets below the committed
+one and duplicates. Everything else is Faust's own code, unchanged.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 
-_APPLIED = "_citybrain_dedup_acked"
+_APPLIED = "_citybrain_fixes_applied"
 log = logging.getLogger("citybrain.streams.faust_fixes")
 
 
@@ -33,6 +39,33 @@ def dedup_acked(acked: list[int], committed: int | None) -> list[int]:
     """The acked offsets that can still move the commit: sorted, each once,
     none below the committed offset (Kafka's "next to read")."""
     return sorted({o for o in acked if committed is None or o >= committed})
+
+
+async def _resume_streams(self: Any, generation_id: int = 0) -> None:
+    # Faust 0.15.3's Recovery._resume_streams with one change: perform_seek
+    # before resume_partitions (see the module docstring)
+    app = self.app
+    consumer = app.consumer
+    await app.on_rebalance_complete.send()
+    assignment = consumer.assignment()
+    if app.consumer_generation_id != generation_id:
+        self.log.warning("Recovery rebalancing again")
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    else:
+        self.log.info("Resuming streams with empty assignment")
+    self.completed.set()
+    self.log.info("Resuming flow...")
+    app.flow_control.resume()
+    consumer.resume_flow()
+    await app._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    self.tables.on_standbys_ready()
+    app.on_rebalance_end()
+    self.log.info("Worker ready")
 
 
 def apply() -> None:
@@ -46,13 +79,13 @@ def apply() -> None:
             committed = self._committed_offset[tp]
             clean = dedup_acked(acked, committed)
             if len(clean) != len(acked):
-                if committed is not None:  # the index must not keep what can no longer be committed
-                    self._acked_index[tp].difference_update(range(min(acked), committed))
                 log.info("%s[%d]: %d duplicate or committed offsets dropped from the acked list",
                          tp.topic, tp.partition, len(acked) - len(clean))
+                if committed is not None:  # the index must not keep what can no longer be committed
+                    self._acked_index[tp].difference_update(range(min(acked), committed))
                 acked[:] = clean
-        result: int | None = original(self, tp)
-        return result
+        return cast(int | None, original(self, tp))
 
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+    Recovery._resume_streams = _resume_streams  # type: ignore[method-assign]
     setattr(Consumer, _APPLIED, True)
