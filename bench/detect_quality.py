@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--districts", default="东城区,西城区,朝阳区,海淀区",
                     help="comma-separated districts (default: four central ones, so incidents hit sensors)")
     ap.add_argument("--air-open-from", choices=["IV", "III", "II", "I"], default=None,
-                    help="override thresholds.yaml air.open_from (default: the file's, IV)")
+                    help="override thresholds.yaml air.open_from (default: the file's, III)")
     args = ap.parse_args(argv)
     config = load_config(overrides={"air": {"open_from": args.air_open_from}}) if args.air_open_from else None
     if args.days < 2:
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
           f"by rule {c['false_alerts_by_rule']}; {clean.seconds:.0f} s CPU")  # fmt: skip
     print(json.dumps({
         "bench": "detect_quality", "sensors": len(city.sensors), "days": args.days, "reps": args.reps,
-        "seed": args.seed, "start": START.isoformat(), "air_open_from": args.air_open_from or "IV", "per_incident": q["per_incident"], "overall": q["overall"],
+        "seed": args.seed, "start": START.isoformat(), "air_open_from": (config or load_config()).raw["air"]["open_from"], "per_incident": q["per_incident"], "overall": q["overall"],
         "faults": q["faults"], "clean": c,
         "targets": {"f1": 0.9, "false_alerts_per_sensor_week": 1.0, "faults_reported_as_incident": 0},
         "cpu_seconds": round(res.seconds + clean.seconds, 1),

@@ -25,7 +25,7 @@ def test_one_alert_per_episode_with_revisions(make_reading: Callable[..., Sensor
     alerts = run([30, 40, 200, 220, 260, 30, *[10] * 20], make_reading)
     assert len({a.alert_id for a in alerts}) == 1
     assert [a.revision for a in alerts] == list(range(1, len(alerts) + 1))
-    assert alerts[0].severity is Severity.IV and alerts[0].status is AlertStatus.DISPATCHED
+    assert alerts[0].severity is Severity.III and alerts[0].status is AlertStatus.DISPATCHED
     assert alerts[-1].status is AlertStatus.CLEARED
     assert max(a.peak_severity.rank for a in alerts if a.peak_severity) >= Severity.III.rank
     assert alerts[0].departments == ("eeb",)
@@ -34,6 +34,12 @@ def test_one_alert_per_episode_with_revisions(make_reading: Callable[..., Sensor
 
 def test_clean_air_raises_nothing(make_reading: Callable[..., SensorReading]) -> None:
     assert run([20, 35, 50, 74, 60, 30], make_reading) == []
+
+
+def test_light_pollution_alone_opens_no_alert(make_reading: Callable[..., SensorReading]) -> None:
+    # PM2.5 around 95 ug/m3: IAQI about 125, 轻度污染 (IV); the shipped thresholds
+    # open alerts from 中度污染 (III): light pollution belongs to the daily report
+    assert run([90, 95, 100, 95, 98, 92], make_reading) == []
 
 
 def test_red_air_also_goes_to_the_district(make_reading: Callable[..., SensorReading]) -> None:

@@ -69,7 +69,7 @@ def test_aqi_detector_hovering_at_the_boundary_does_not_flap() -> None:
 
 
 def test_o3_eight_hour_mean_counts() -> None:
-    det = AirQualityThreshold()
+    det = AirQualityThreshold(config=load_config(overrides={"air": {"open_from": "IV"}}))
     st = None
     sig_all = []
     for i in range(12 * 9):  # 9 hours at 190 ug/m3: 1 h IAQI 88, 8 h IAQI 146
