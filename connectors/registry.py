@@ -264,6 +264,10 @@ class DeviceRegistry:
         except KeyError:
             raise RejectedPayload("unknown_device", f"sensor {sensor_id!r} is not in the device registry") from None
 
+    def find_sensor(self, sensor_id: str) -> DeviceEntry | None:
+        """`by_sensor_id` for a question, not a requirement: None when unknown."""
+        return self._by_sensor.get(sensor_id)
+
     def by_name(self, name: str) -> DeviceEntry:
         """A SenML name (bn+n): a sensor id or one of an entry's `names`."""
         try:
