@@ -225,7 +225,7 @@ async def test_hotline_burst_raises_one_early_warning_and_redelivered_calls_do_n
     h = hotline
     first = [h.event(f"n{i}", now - timedelta(minutes=10 - i), category="noise", loc=ZGC) for i in range(4)]
     await worker_ready(pipeline)
-    await h.send(first + first)  # four calls, each delivered twice: not yet a burst (at least 5 calls)
+    await h.send(first + first)  # four calls, each delivered twice: not yet a burst (at least 6 calls)
     await pipeline.consume(pipeline.topics.hotline_tickets, until=lambda m: len(latest_by_key(m)) >= 4, timeout=60)
     await asyncio.sleep(5)  # the forwarded calls reach the spike detector
     early = await pipeline.consume(pipeline.topics.alerts, until=lambda m: False, timeout=3)
@@ -243,7 +243,7 @@ async def test_hotline_burst_raises_one_early_warning_and_redelivered_calls_do_n
     a = alerts[0]
     assert a["subject"] == "noise:中关村街道"
     assert a["evidence"]["detector"] == "hotline_burst"
-    assert a["evidence"]["value"] == 5.0  # opened at the fifth distinct call
+    assert a["evidence"]["value"] == 6.0  # opened at the sixth distinct call
     assert "uma" in a["departments"] and "street.haidian.zhongguancun" in a["departments"]
     pipeline.sup.check_alive()
 

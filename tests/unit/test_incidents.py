@@ -114,9 +114,9 @@ def test_area_core_spike_once_per_call_and_incidents_per_district() -> None:
         for _ in range(2):  # every call delivered twice
             out = core.hotline(call, 3, NORMAL)
             opened += [(i, a) for a in out.alerts]
-    assert [i for i, _ in opened] == [4], "one early warning, at the fifth distinct call"
+    assert [i for i, _ in opened] == [5], "one early warning, at the sixth distinct call"
     a = opened[0][1]
-    assert a.rule == "hotline_burst:noise" and a.evidence.value == 5.0 and "uma" in a.departments
+    assert a.rule == "hotline_burst:noise" and a.evidence.value == 6.0 and "uma" in a.departments
     assert list(spikes) == ["chaoyang|noise:望京街道".encode()]
     # the burst ends when the calls stop: the tick visits only keys in a burst, and clears it
     ticks = core.tick_spikes(T0 + timedelta(hours=3), lambda d: NORMAL)
