@@ -150,7 +150,7 @@ async def test_migrations_from_empty_and_rerun(database_url: str, unique: str) -
         pk = await conn.fetchval(
             "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid=$1::regclass AND contype='p'",
             f"{name}.readings")
-        assert pk == "PRIMARY KEY (event_id, ts)"
+        assert pk == "PRIMARY KEY (sensor_id, ts, event_id)"  # migration 0010
         assert await ensure_partitions_ahead(conn) > 0
         assert await ensure_partitions_ahead(conn) == 0  # already there
         # an applied migration that changed is refused (forward-only)
@@ -370,6 +370,57 @@ async def test_writer_killed_mid_batch_and_restarted_writes_every_row_once(
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert await count(db, "readings") == n
     assert await db.fetchval("SELECT count(DISTINCT event_id) FROM readings") == n
+
+
+async def test_parts_merged_concurrently_store_every_row_once(
+        database_url: str, kafka_bootstrap: str, schema: str, db: asyncpg.Connection, unique: str) -> None:
+    """A batch split by partition over three connections, the connections killed
+    mid-stream, duplicates and a poison record in the stream: every row once."""
+    topics = Topics(prefix=f"t{unique}p.")
+    await ensure_topics(kafka_bootstrap, pipeline_topics(topics, 4))
+    n = 24000
+    rs = [reading(i, sensor=f"s-{i % 40}") for i in range(n)]
+    nul = reading(n + 1, sensor="s-3", street="bad\x00street")  # refused by PostgreSQL inside one part
+    s = settings_for(database_url, kafka_bootstrap, schema, topics, unique, batch_size=3000, db_connections=3,
+                     split_min_rows=50)
+    metrics = WriterMetrics()
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_writer(s, stop, metrics))
+
+    async def feed() -> None:
+        for k in range(0, n, 3000):
+            chunk = reading_records(rs[k:k + 3000])
+            if k == 6000:
+                chunk.insert(1500, (b"s-3", nul.to_json()))
+            await produce(kafka_bootstrap, topics.readings, chunk + reading_records(rs[k:k + 300]))  # + redelivered
+            await asyncio.sleep(0.05)
+
+    feeder = asyncio.create_task(feed())
+    killed = 0
+    most_backends = 0
+    try:
+        while not feeder.done() or await count(db, "readings") < n or await count(db, "dlq_index") < 1:
+            assert not task.done(), task.exception()
+            most_backends = max(most_backends, await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", s.client_id))
+            if killed < 4 and await count(db, "readings") > killed * n / 5:
+                killed += await db.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name=$1",
+                    s.client_id)
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await feeder
+    assert most_backends >= 2  # the parts did go over more than one connection
+    assert killed >= 3 and metrics.total("retries") >= 1
+    assert await count(db, "readings") == n
+    assert await db.fetchval("SELECT count(DISTINCT event_id) FROM readings") == n
+    assert [r["reason"] for r in await db.fetch("SELECT reason FROM dlq_index")] == ["bad_encoding"]
+    # every hour written is marked for its rollups, whichever part wrote it
+    assert await db.fetchval(
+        "SELECT count(*) FROM (SELECT DISTINCT date_trunc('hour', ts) FROM readings) h "
+        "WHERE NOT EXISTS (SELECT 1 FROM rollup_dirty d WHERE d.hour = h.date_trunc)") == 0
 
 
 async def _grown(db: asyncpg.Connection, before: int, by: int) -> bool:
