@@ -10,6 +10,14 @@ CONFLICT` (time-series tables skip what is already there, `alerts` and
 commit the consumed offsets. A crash anywhere before the commit makes Kafka
 redeliver the batch, and the merge makes the second write a no-op.
 
+With `db_connections` > 1 a large batch is split by Kafka partition (a
+partition's records stay together, so one key is never merged by two
+transactions at once) and the parts are merged concurrently, one connection
+each; offsets are committed only after every part is durable. A part that
+committed before another failed is simply written again on redelivery (the
+merge skips it), so the split keeps the at-least-once, once-in-the-database
+contract.
+
 Errors are classified in `storage.errors`: transient ones (connection lost,
 shutdown, deadlock, too many connections) are retried with exponential
 backoff while consumption is paused; a permanent one (the data) is isolated by
@@ -25,6 +33,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import asyncpg
@@ -42,9 +51,10 @@ from citybrain.topics import Topics
 from schemas.common import now_utc
 from storage import errors
 from storage.db import Flavor, connect, current_flavor
-from storage.rows import SPECS, Row, TableSpec, dlq_row, partition_probes
+from storage.rows import READING_COLUMNS, SPECS, Row, TableSpec, dlq_row, partition_probes
 
 log = logging.getLogger("citybrain.storage.writer")
+_READING_ORDER = itemgetter(READING_COLUMNS.index("sensor_id"), READING_COLUMNS.index("ts"))
 T = TypeVar("T")
 COMPONENT = "storage-writer"
 
@@ -66,6 +76,9 @@ class WriterSettings(BaseSettings):
     client_id: str = "citybrain-storage-writer"
     kinds: tuple[str, ...] = ("readings", "hotline", "alerts", "actions", "incidents", "tickets", "kpi", "dlq")
     batch_size: int = Field(default=5000, ge=1)
+    db_connections: int = Field(default=2, ge=1, le=32,
+                                description="parts of a batch merged concurrently (split by Kafka partition)")
+    split_min_rows: int = Field(default=2000, ge=1, description="a kind's rows below this go as one part")
     batch_timeout_ms: int = Field(default=500, ge=1)
     retry_initial_s: float = Field(default=0.2, gt=0)
     retry_max_s: float = Field(default=15.0, gt=0)
@@ -143,9 +156,50 @@ async def write_rows(conn: asyncpg.Connection, spec: TableSpec, rows: list[Row],
     number of rows newly written (the rest were already there)."""
     if flavor == "plain":
         await ensure_partitions(conn, spec, rows)
+    if spec.kind == "readings":
+        # in key order (sensor_id, ts; migration 0010): consecutive inserts reach the same
+        # index leaf and heap pages hold one sensor's run (bench.store: ~20-40% more rows/s)
+        rows = sorted(rows, key=_READING_ORDER)
     async with conn.transaction():
         await conn.copy_records_to_table(spec.stage, records=rows, columns=spec.columns)
         return int(await conn.fetchval(spec.merge_sql(flavor)))
+
+
+def split_by_partition(keys: list[tuple[str, int]], parts: int, min_rows: int) -> list[list[int]]:
+    """Indexes of `keys` (each item's topic and partition) in at most `parts`
+    groups of similar size; a partition never spans two groups, and fewer than
+    `min_rows` items stay one group (a merge costs a round trip or three)."""
+    if parts <= 1 or len(keys) < min_rows:
+        return [list(range(len(keys)))] if keys else []
+    by_tp: dict[tuple[str, int], list[int]] = {}
+    for i, tp in enumerate(keys):
+        by_tp.setdefault(tp, []).append(i)
+    bins: list[list[int]] = [[] for _ in range(min(parts, len(by_tp)))]
+    # largest partition first into the emptiest group: close to even for the few partitions a batch holds
+    for idx in sorted(by_tp.values(), key=len, reverse=True):
+        min(bins, key=len).extend(idx)
+    return [sorted(b) for b in bins if b]
+
+
+async def _all_or_first_error(coros: list[Awaitable[T]]) -> list[T]:
+    """Await every coroutine; on the first failure cancel the rest and raise it
+    (a part left running would write on a connection the next batch reuses)."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        pending = [t for t in tasks if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending)
+    for t in tasks:
+        exc = None if t.cancelled() else t.exception()
+        if exc is not None:
+            raise exc
+    return [t.result() for t in tasks]
 
 
 # ----------------------------------------------------------------- the writer
@@ -153,6 +207,13 @@ async def write_rows(conn: asyncpg.Connection, spec: TableSpec, rows: list[Row],
 class _Item:
     record: Any  # aiokafka ConsumerRecord
     row: Row
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One database connection of the writer; a part of a batch is merged on one slot."""
+
+    conn: asyncpg.Connection | None = None
 
 
 class _Stopped(Exception):
@@ -166,16 +227,17 @@ class StorageWriter:
         self.metrics = metrics or WriterMetrics()
         self.clock = clock
         self._topic_kinds = settings.topic_kinds()
-        self._conn: asyncpg.Connection | None = None
+        self._slots = [_Slot() for _ in range(settings.db_connections)]
         self._flavor: Flavor | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._paused = False
+        self._polling = False
 
     # ------------------------------------------------------------ lifecycle
     async def start(self, stop: asyncio.Event) -> None:
         s = self.settings
-        await self._retrying(self._db, stop)
+        await self._retrying(lambda: self._db(self._slots[0]), stop, self._slots[0])
         self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all",
                                           enable_idempotence=True, client_id=f"{s.client_id}-dlq",
                                           **s.kafka_security.aiokafka_kwargs())
@@ -206,7 +268,8 @@ class StorageWriter:
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
-        await self._drop_connection()
+        for slot in self._slots:
+            await self._drop_connection(slot)
 
     async def run(self, stop: asyncio.Event) -> None:
         maintenance: asyncio.Task[None] | None = None
@@ -234,6 +297,9 @@ class StorageWriter:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + s.batch_timeout_ms / 1000
         out: list[Any] = []
+        # resumed here, not when a retry succeeds: with parts of a batch retrying
+        # concurrently, one resuming while another polls would fetch (and lose) records
+        self._resume()
         while len(out) < s.batch_size and not stop.is_set():
             left = deadline - loop.time()
             if left <= 0:
@@ -262,7 +328,13 @@ class StorageWriter:
             by_kind.setdefault(kind, []).append(_Item(rec, row))
         for kind, items in by_kind.items():
             spec = SPECS[kind]
-            written, bad = await self._write_isolating(spec, items, stop)
+            groups = split_by_partition([(i.record.topic, i.record.partition) for i in items], len(self._slots),
+                                        self.settings.split_min_rows)
+            parts = await _all_or_first_error([
+                self._write_isolating(spec, [items[i] for i in group], stop, self._slots[n])
+                for n, group in enumerate(groups)])
+            written = sum(w for w, _ in parts)
+            bad = [d for _, ds in parts for d in ds]
             self.metrics.rows_written.labels(spec.table).inc(written)
             self.metrics.duplicates.labels(spec.table).inc(len(items) - written - len(bad))
             dead.extend(bad)
@@ -301,8 +373,8 @@ class StorageWriter:
         self.metrics.last_commit.set(self.clock().timestamp())
 
     # ------------------------------------------------------------ writing
-    async def _db(self) -> asyncpg.Connection:
-        if self._conn is None or self._conn.is_closed():
+    async def _db(self, slot: _Slot) -> asyncpg.Connection:
+        if slot.conn is None or slot.conn.is_closed():
             conn = await connect(self.settings.database_url.get_secret_value(), self.settings.db_schema,
                                  self.settings.client_id, timeout=10)
             try:
@@ -311,28 +383,28 @@ class StorageWriter:
             except BaseException:
                 await conn.close()
                 raise
-            self._conn = conn
-        return self._conn
+            slot.conn = conn
+        return slot.conn
 
-    async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
+    async def _drop_connection(self, slot: _Slot) -> None:
+        conn, slot.conn = slot.conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 2)
             if not conn.is_closed():
                 conn.terminate()
 
-    async def _write_once(self, spec: TableSpec, rows: list[Row]) -> int:
-        conn = await self._db()
+    async def _write_once(self, spec: TableSpec, rows: list[Row], slot: _Slot) -> int:
+        conn = await self._db(slot)
         assert self._flavor is not None
         return await write_rows(conn, spec, rows, self._flavor)
 
-    async def _write_isolating(self, spec: TableSpec, items: list[_Item], stop: asyncio.Event,
+    async def _write_isolating(self, spec: TableSpec, items: list[_Item], stop: asyncio.Event, slot: _Slot,
                                ) -> tuple[int, list[tuple[Any, str, str, str]]]:
         """Write; on a permanent error bisect until the bad records are alone."""
         rows = [i.row for i in items]
         try:
-            return await self._retrying(lambda: self._write_once(spec, rows), stop), []
+            return await self._retrying(lambda: self._write_once(spec, rows, slot), stop, slot), []
         except PermanentError as exc:
             if len(items) == 1:
                 cause = exc.__cause__ or exc
@@ -340,13 +412,14 @@ class StorageWriter:
                             items[0].record.partition, items[0].record.offset, exc)
                 return 0, [(items[0].record, errors.reason(cause), str(cause), "write")]
         mid = len(items) // 2
-        w1, d1 = await self._write_isolating(spec, items[:mid], stop)
-        w2, d2 = await self._write_isolating(spec, items[mid:], stop)
+        w1, d1 = await self._write_isolating(spec, items[:mid], stop, slot)
+        w2, d2 = await self._write_isolating(spec, items[mid:], stop, slot)
         return w1 + w2, d1 + d2
 
-    async def _retrying(self, fn: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+    async def _retrying(self, fn: Callable[[], Awaitable[T]], stop: asyncio.Event, slot: _Slot | None = None) -> T:
         """Run `fn`; transient failures are retried with backoff while the
-        consumer is paused (and still polled, so it keeps its group membership)."""
+        consumer is paused (and still polled, so it keeps its group membership).
+        `slot`: the connection `fn` uses, dropped after a database failure."""
         delay = self.settings.retry_initial_s
         while True:
             try:
@@ -355,18 +428,17 @@ class StorageWriter:
                 raise
             except Exception as exc:
                 kind = errors.classify(exc) if not isinstance(exc, KafkaError) else "transient"
-                if kind == "fatal" and self._conn is not None and self._conn.is_closed():
+                if kind == "fatal" and slot is not None and slot.conn is not None and slot.conn.is_closed():
                     kind = "transient"  # whatever it said, the connection died under it
                 if kind != "transient":
                     raise errors.wrap(exc) from exc
                 self.metrics.retries.inc()
                 log.warning("transient failure (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
-                if not isinstance(exc, KafkaError):
-                    await self._drop_connection()
+                if slot is not None and not isinstance(exc, KafkaError):
+                    await self._drop_connection(slot)
                 await self._pause_for(delay, stop)
                 delay = min(delay * 2, self.settings.retry_max_s)
                 continue
-            self._resume()
             return result
 
     async def _pause_for(self, delay: float, stop: asyncio.Event) -> None:
@@ -376,8 +448,13 @@ class StorageWriter:
             if assigned:
                 consumer.pause(*assigned)
                 self._paused = True
-            with contextlib.suppress(KafkaError):
-                await consumer.getmany(timeout_ms=0)
+            if not self._polling:  # parts retrying at once: one of them polls
+                self._polling = True
+                try:
+                    with contextlib.suppress(KafkaError):
+                        await consumer.getmany(timeout_ms=0)
+                finally:
+                    self._polling = False
         if stop.is_set():
             raise _Stopped
         with contextlib.suppress(TimeoutError):
@@ -443,4 +520,5 @@ async def run_writer(settings: WriterSettings, stop: asyncio.Event, metrics: Wri
     await writer.run(stop)
 
 
-__all__ = ["StorageWriter", "TransientError", "WriterMetrics", "WriterSettings", "run_writer", "write_rows"]
+__all__ = ["StorageWriter", "TransientError", "WriterMetrics", "WriterSettings", "run_writer", "split_by_partition",
+           "write_rows"]
