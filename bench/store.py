@@ -5,10 +5,15 @@ batch that is already stored.
 
 Two measurements, each the median of several runs:
   db     rows already decoded, written by `storage.writer.write_rows` in
-         batches (the database side of the writer alone);
+         batches, each batch split by (simulated) Kafka partition into
+         `--conns` parts merged concurrently as the writer does (the database
+         side of the writer alone);
   kafka  the whole writer (`run_writer`): consume JSON from Kafka, validate,
          COPY + merge, commit offsets; timed from the first row stored to the
          last (group join excluded).
+Event ids are hashes of (sensor, time), as the connector derives them: the
+key's distribution decides where inserts land in the index, so sequential
+ids would flatter a key that leads with event_id.
 Prints a table, then one JSON line (last line) `{"bench": "store", ...}`.
 Needs DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS (`. .run/stack.env`).
 """
@@ -23,17 +28,26 @@ import platform
 import statistics
 import time
 import uuid
+import zlib
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from bench.common import conditions
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
 from citybrain.topics import Topics
-from schemas import SensorReading
+from schemas import SensorReading, reading_event_id
 from storage.db import connect
 from storage.migrate import migrate
 from storage.rows import SPECS, Row, reading_row
-from storage.writer import WriterMetrics, WriterSettings, prepare_connection, run_writer, write_rows
+from storage.writer import (
+    WriterMetrics,
+    WriterSettings,
+    prepare_connection,
+    run_writer,
+    split_by_partition,
+    write_rows,
+)
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -42,40 +56,58 @@ def make_readings(run: int, n: int, sensors: int = 500) -> list[SensorReading]:
     out = []
     for i in range(n):
         sid = f"s-{i % sensors:04d}"
+        ts = (T0 + timedelta(hours=run, milliseconds=i * 36_000_00 // n)).isoformat()
         out.append(SensorReading.model_validate({
-            "event_id": f"r-{run}-{i}", "sensor_id": sid, "sensor_type": "pm25", "value": float((i * 7) % 400),
-            "unit": "ug/m3", "ts": (T0 + timedelta(hours=run, milliseconds=i * 36_000_00 // n)).isoformat(),
+            "event_id": reading_event_id(sid, ts), "sensor_id": sid, "sensor_type": "pm25",
+            "value": float((i * 7) % 400), "unit": "ug/m3", "ts": ts,
             "location": {"district": f"d{i % 16}", "street": f"st{i % 97}", "lat": 39.9, "lon": 116.4},
         }))
     return out
 
 
-async def bench_db(conn: asyncpg.Connection, runs: int, n: int, batch: int) -> dict[str, list[float]]:
+async def write_batch(conns: list[asyncpg.Connection], parts: list[list[Row]]) -> int:
+    """One batch as the writer merges it: its parts concurrently, one connection each."""
     spec = SPECS["readings"]
+    got = await asyncio.gather(*(write_rows(c, spec, p, "plain") for c, p in zip(conns, parts, strict=False)))
+    return sum(got)
+
+
+def split_batch(rows: list[Row], conns: int, partitions: int) -> list[list[Row]]:
+    # the Kafka partition a reading would come from: its key is the sensor id
+    keys = [("readings", zlib.crc32(r[2].encode()) % partitions) for r in rows]
+    return [[rows[i] for i in group] for group in split_by_partition(keys, conns, WriterSettings.model_fields[
+        "split_min_rows"].default)]
+
+
+async def bench_db(conns: list[asyncpg.Connection], runs: int, n: int, batch: int,
+                   partitions: int) -> dict[str, list[float]]:
     new_rates: list[float] = []
     dup_rates: list[float] = []
+    loads: list[float] = []
     for run in range(runs):
         rows: list[Row] = [reading_row(r) for r in make_readings(run, n)]
-        batches = [rows[k:k + batch] for k in range(0, n, batch)]
+        batches = [split_batch(rows[k:k + batch], len(conns), partitions) for k in range(0, n, batch)]
         t = time.perf_counter()
-        written = sum([await write_rows(conn, spec, b, "plain") for b in batches])
+        written = sum([await write_batch(conns, b) for b in batches])
         new_rates.append(n / (time.perf_counter() - t))
         assert written == n, (written, n)
         t = time.perf_counter()
-        again = sum([await write_rows(conn, spec, b, "plain") for b in batches])
+        again = sum([await write_batch(conns, b) for b in batches])
         dup_rates.append(n / (time.perf_counter() - t))
         assert again == 0
-    return {"new": new_rates, "dup": dup_rates}
+        loads.append(os.getloadavg()[0])
+    return {"new": new_rates, "dup": dup_rates, "load": loads}
 
 
-async def bench_kafka(database_url: str, bootstrap: str, schema: str, runs: int, n: int, batch: int) -> list[float]:
+async def bench_kafka(database_url: str, bootstrap: str, schema: str, runs: int, n: int, batch: int,
+                      conns: int, partitions: int) -> list[float]:
     from aiokafka import AIOKafkaProducer
 
     rates: list[float] = []
     for run in range(runs):
         tag = uuid.uuid4().hex[:8]
         topics = Topics(prefix=f"bench.{tag}.")
-        await ensure_topics(bootstrap, pipeline_topics(topics, 2))
+        await ensure_topics(bootstrap, pipeline_topics(topics, partitions))
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
                                     max_batch_size=1024 * 1024, compression_type=None)
         await producer.start()
@@ -88,6 +120,7 @@ async def bench_kafka(database_url: str, bootstrap: str, schema: str, runs: int,
         settings = WriterSettings(database_url=database_url, kafka_bootstrap_servers=bootstrap,  # type: ignore[arg-type]
                                   topic_prefix=topics.prefix, db_schema=schema, group_id=f"bench-{tag}",
                                   client_id=f"bench-{tag}", batch_size=batch, batch_timeout_ms=200,
+                                  db_connections=conns,
                                   maintenance_interval_s=0, kinds=("readings",))
         metrics = WriterMetrics()
         stop = asyncio.Event()
@@ -120,25 +153,34 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         raise SystemExit("DATABASE_URL is not set: `. .run/stack.env` first")
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     await migrate(database_url, schema)
-    conn = await connect(database_url, schema, "bench-store")
+    conns = [await connect(database_url, schema, "bench-store") for _ in range(args.conns)]
+    conn = conns[0]
+    before = conditions()
     try:
-        await prepare_connection(conn)
+        for c in conns:
+            await prepare_connection(c)
         server = await conn.fetchval("SHOW server_version")
-        db = await bench_db(conn, args.runs, args.rows, args.batch)
+        db = await bench_db(conns, args.runs, args.rows, args.batch, args.partitions)
         kafka: list[float] = []
         if not args.no_kafka:
             if not bootstrap:
                 raise SystemExit("KAFKA_BOOTSTRAP_SERVERS is not set (or pass --no-kafka)")
-            kafka = await bench_kafka(database_url, bootstrap, schema, args.kafka_runs, args.kafka_rows, args.batch)
+            kafka = await bench_kafka(database_url, bootstrap, schema, args.kafka_runs, args.kafka_rows, args.batch,
+                                      args.conns, args.partitions)
         total = await conn.fetchval("SELECT count(*) FROM readings")
     finally:
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
+        for c in conns:
+            await c.close()
+    load_end = os.getloadavg()[0]
 
     print("bench.store: writer idempotent path into PostgreSQL")
     print(f"  conditions: PostgreSQL {server} (plain partitions, daily), {os.cpu_count()} CPUs, "
-          f"python {platform.python_version()}, batch {args.batch} rows, table grows to {total:,} rows; "
+          f"python {platform.python_version()}, batch {args.batch} rows in up to {args.conns} concurrent parts "
+          f"(by {args.partitions} Kafka partitions), table grows to {total:,} rows; "
           f"PostgreSQL, Kafka and the benchmark share the machine")
+    print(f"  load average (1 min): {before['loadavg_1m']} at start, "
+          f"{', '.join(f'{x:.2f}' for x in db['load'])} after each db run, {load_end:.2f} at the end")
     print(f"  {'measure':<34}{'median rows/s':>14}")
     print(f"  {'db: new rows (COPY+merge)':<34}{_fmt(db['new'])}")
     print(f"  {'db: duplicate batch (all skipped)':<34}{_fmt(db['dup'])}")
@@ -146,13 +188,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         print(f"  {'kafka->db: whole writer':<34}{_fmt(kafka)}")
     result: dict[str, object] = {
         "bench": "store",
-        "rows_per_run": args.rows, "runs": args.runs, "batch": args.batch,
+        "rows_per_run": args.rows, "runs": args.runs, "batch": args.batch, "conns": args.conns,
+        "partitions": args.partitions,
         "db_new_rows_per_s": round(statistics.median(db["new"])),
         "db_duplicate_rows_per_s": round(statistics.median(db["dup"])),
         "duplicate_cost_ratio": round(statistics.median(db["new"]) / statistics.median(db["dup"]), 3),
         "target_rows_per_s": 100_000,
         "meets_target": statistics.median(db["new"]) >= 100_000,
         "postgres": server, "cpus": os.cpu_count(),
+        "loadavg_1m_start": before["loadavg_1m"], "loadavg_1m_end": round(load_end, 2),
     }
     if kafka:
         result.update({"kafka_rows_per_run": args.kafka_rows, "kafka_runs": args.kafka_runs,
@@ -165,6 +209,9 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=200_000, help="rows per db run")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--batch", type=int, default=10_000)
+    p.add_argument("--conns", type=int, default=WriterSettings.model_fields["db_connections"].default,
+                   help="concurrent merge connections (the writer's WRITER_DB_CONNECTIONS)")
+    p.add_argument("--partitions", type=int, default=4, help="Kafka partitions of the readings topic")
     p.add_argument("--kafka-rows", type=int, default=100_000)
     p.add_argument("--kafka-runs", type=int, default=3)
     p.add_argument("--no-kafka", action="store_true")
