@@ -47,6 +47,7 @@ from citybrain.supervisor import Supervisor
 from citybrain.topics import Topics
 from connectors.decoders.senml import event_id as senml_event_id
 from connectors.mqtt_kafka import parse_mqtt_url
+from connectors.mqtt_wire import remaining_length
 
 SENSORS = 5000
 LOG_APPEND_TIME = 1  # Kafka record timestamp type
@@ -57,15 +58,6 @@ LOCATION = {"district": "朝阳区", "lat": 39.92, "lon": 116.44}
 
 
 KEEPALIVE_S = 60
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _connect_packet(client_id: str, user: str | None, password: str | None, keepalive: int) -> bytes:
@@ -80,7 +72,7 @@ def _connect_packet(client_id: str, user: str | None, password: str | None, keep
         body += field(user)
         if password is not None:
             body += field(password)
-    return b"\x10" + _remaining_length(len(body)) + body
+    return b"\x10" + remaining_length(len(body)) + body
 
 
 def registry_entries(tag: str) -> list[dict[str, Any]]:
@@ -146,7 +138,7 @@ class RatePublisher:
                 break
         self.next_mid = mid
         body_len = 2 + len(topic) + 2 + len(payload)
-        self.out += b"\x32" + _remaining_length(body_len) + len(topic).to_bytes(2, "big") + topic
+        self.out += b"\x32" + remaining_length(body_len) + len(topic).to_bytes(2, "big") + topic
         self.out += mid.to_bytes(2, "big") + payload
         self.pending[mid] = ids
         if len(self.out) > 64 * 1024:

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -26,22 +25,9 @@ from citybrain.kafka_admin import ensure_topics, pipeline_topics
 from citybrain.supervisor import Supervisor
 from citybrain.topics import Topics
 from tests.e2e.conftest import MqttPublisher, wait_until_subscribed
+from tests.integration.conftest import noise_reading as reading
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def reading(run: str, i: int, **over: object) -> dict:
-    d = {
-        "event_id": f"{run}-{i}",
-        "sensor_id": f"{run}-s{i % 20}",
-        "sensor_type": "noise",
-        "value": 55.0,
-        "unit": "dB(A)",
-        "ts": datetime.now(UTC).isoformat(),
-        "location": {"district": "海淀区", "lat": 39.96, "lon": 116.30},
-    }
-    d.update(over)
-    return d
 
 
 class Stream:

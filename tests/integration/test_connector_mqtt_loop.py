@@ -29,18 +29,7 @@ from connectors.mqtt_kafka import (
 )
 from connectors.registry import DeviceRegistry
 from tests.e2e.conftest import MqttPublisher
-
-
-def reading(run: str, i: int) -> dict[str, Any]:
-    return {
-        "event_id": f"{run}-{i}",
-        "sensor_id": f"{run}-s{i % 7}",
-        "sensor_type": "noise",
-        "value": 55.0,
-        "unit": "dB(A)",
-        "ts": datetime.now(UTC).isoformat(),
-        "location": {"district": "海淀区", "lat": 39.96, "lon": 116.30},
-    }
+from tests.integration.conftest import noise_reading as reading
 
 
 def take_over_session(url: str, client_id: str) -> bool:

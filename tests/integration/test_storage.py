@@ -124,6 +124,13 @@ async def wait_for(predicate, limit: float = 60, every: float = 0.2) -> None:  #
         await asyncio.sleep(every)
 
 
+async def terminate_backends(db: asyncpg.Connection, application_name: str) -> int:
+    """Kill the writer's database connections (as a DBA or a failover would)."""
+    n: int = await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name=$1", application_name)
+    return n
+
+
 async def count(conn: asyncpg.Connection, table: str) -> int:
     return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
 
@@ -323,9 +330,7 @@ async def test_connection_killed_mid_stream_loses_and_duplicates_nothing(
         while not feeder.done() or await count(db, "readings") < n:
             assert not task.done(), task.exception()
             if killed < 5 and await count(db, "readings") > killed * n / 6:
-                killed += await db.fetchval(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name=$1",
-                    s.client_id)
+                killed += await terminate_backends(db, s.client_id)
             await asyncio.sleep(0.1)
     finally:
         stop.set()
@@ -404,9 +409,7 @@ async def test_parts_merged_concurrently_store_every_row_once(
             most_backends = max(most_backends, await db.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", s.client_id))
             if killed < 4 and await count(db, "readings") > killed * n / 5:
-                killed += await db.fetchval(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name=$1",
-                    s.client_id)
+                killed += await terminate_backends(db, s.client_id)
             await asyncio.sleep(0.1)
     finally:
         stop.set()

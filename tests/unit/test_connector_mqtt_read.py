@@ -17,22 +17,7 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from connectors.mqtt_kafka import MqttKafkaConnector, MqttKafkaSettings, _ReadAhead, default_routes
-
-
-def remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def publish(topic: str, payload: bytes, mid: int, qos: int = 1, dup: bool = False) -> bytes:
-    t = topic.encode()
-    body = struct.pack("!H", len(t)) + t + (struct.pack("!H", mid) if qos else b"") + payload
-    return bytes([0x30 | (qos << 1) | (0x08 if dup else 0)]) + remaining_length(len(body)) + body
-
+from connectors.mqtt_wire import publish_packet as publish
 
 SUBACK = bytes([0x90, 3]) + struct.pack("!H", 7) + b"\x01"
 PINGRESP = b"\xd0\x00"
