@@ -72,7 +72,10 @@ secret() { # file: create a random secret once, print it
 
 # ---------------------------------------------------------------- Kafka
 kafka_config() { # the broker's configuration for these ports and this run dir
-  sed -e "s#9092#$KAFKA_PORT#g" -e "s#9093#$KAFKA_CONTROLLER_PORT#g" -e "s#9094#$KAFKA_SASL_PORT#g" \
+  # Placeholders first, ports second: chained replacements would rewrite a
+  # port they had just written (KAFKA_PORT=19094 became 119096 under the SASL rule).
+  sed -E -e 's#:9092([^0-9]|$)#:@PLAIN@\1#g; s#:9093([^0-9]|$)#:@CONTROLLER@\1#g; s#:9094([^0-9]|$)#:@SASL@\1#g' \
+    -e "s#@PLAIN@#$KAFKA_PORT#g; s#@CONTROLLER@#$KAFKA_CONTROLLER_PORT#g; s#@SASL@#$KAFKA_SASL_PORT#g" \
     "$HERE/server.properties"
   echo "log.dirs=$RUN/kafka/data"
 }
