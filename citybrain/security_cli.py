@@ -7,6 +7,9 @@ Principals (SCRAM-SHA-512 users on the SASL listener):
     worker                the Faust app: reads and writes `city.*`, owns `<app id>-*`
     writer                reads `city.*`, writes the DLQ, groups `citybrain-storage*`
     opscenter             reads `city.*`, writes actions and mode switches
+    replay                the replay engine and its worker: owns `replay.*` and
+                          `citybrain-replay-*` (topics, groups, transactional ids),
+                          describes the live readings topic; reads and writes no live topic
     dept.<code>           reads only `city.alerts.dept.<code>` with groups `dept.<code>.*`,
                           writes only `city.alert.actions`; nothing else
 
@@ -40,12 +43,17 @@ from typing import Any
 from citybrain.errors import ConfigError, ServiceError
 from citybrain.topics import Topics
 
-SERVICES = ("connector", "worker", "writer", "opscenter")
+SERVICES = ("connector", "worker", "writer", "opscenter", "replay")
 ADMIN = "admin"
 SCRAM_ITERATIONS = 8192
 SCRAM_SHA_512 = 2  # AlterUserScramCredentials mechanism id
 DEFAULT_APP_ID = "citybrain-streams"
 DEFAULT_WRITER_GROUP = "citybrain-storage"
+# storage.replay: a run's topics are `replay.<run>.*` (Topics.for_replay) and its
+# worker's Faust app id `citybrain-replay-<run>` (its group, internal topics and
+# transactional ids); both independent of the deployment's topic prefix
+REPLAY_TOPIC_PREFIX = "replay."
+REPLAY_APP_PREFIX = "citybrain-replay-"
 _CODE_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -117,6 +125,22 @@ def department_acls(code: str, topics: Topics) -> list[Acl]:
     ]
 
 
+def replay_acls(topics: Topics) -> list[Acl]:
+    """`citybrain replay` and the isolated worker it starts (storage.replay):
+    everything on its own run topics and on the worker's app-id prefix (create,
+    write, read, commit, delete topics and groups), DESCRIBE on the live readings
+    topic only (the run takes its partition count, `live_partitions`), and no
+    READ or WRITE on any live topic."""
+    r = user("replay")
+    return [
+        *_topic(r, REPLAY_TOPIC_PREFIX, Pat.PREFIXED, Op.ALL),
+        *_topic(r, REPLAY_APP_PREFIX, Pat.PREFIXED, Op.ALL),
+        Acl(r, Res.GROUP, REPLAY_APP_PREFIX, Pat.PREFIXED, Op.ALL),
+        Acl(r, Res.TRANSACTIONAL_ID, REPLAY_APP_PREFIX, Pat.PREFIXED, Op.ALL),
+        *_topic(r, topics.readings, Pat.LITERAL, Op.DESCRIBE),
+    ]
+
+
 def service_acls(topics: Topics, app_id: str = DEFAULT_APP_ID,
                  writer_group: str = DEFAULT_WRITER_GROUP) -> list[Acl]:
     city = f"{topics.prefix}city."
@@ -140,6 +164,7 @@ def service_acls(topics: Topics, app_id: str = DEFAULT_APP_ID,
     for t in (topics.actions, topics.control_mode):
         out += _topic(o, t, Pat.LITERAL, Op.WRITE)
     out.append(Acl(o, Res.GROUP, "citybrain-opscenter", Pat.PREFIXED, Op.READ))
+    out += replay_acls(topics)
     for svc in SERVICES:
         out.append(Acl(user(svc), Res.CLUSTER, cluster, Pat.LITERAL, Op.IDEMPOTENT_WRITE))
     return out

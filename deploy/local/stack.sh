@@ -282,7 +282,7 @@ write_env() {
       echo "export KAFKA_SASL_BOOTSTRAP='127.0.0.1:$KAFKA_SASL_PORT'"
       echo "export KAFKA_SASL_MECHANISM='SCRAM-SHA-512'"
       local svc
-      for svc in admin connector worker writer opscenter; do
+      for svc in admin connector worker writer opscenter replay; do
         echo "export KAFKA_${svc^^}_PASSWORD='$(secret "$RUN/secrets/kafka-$svc")'"
       done
     fi

@@ -130,7 +130,10 @@ def test_service_plan_gives_the_worker_its_internal_topics_and_nobody_else_all()
     worker_all = {(a.resource, a.name) for a in acls if a.principal == "User:worker" and a.op is Op.ALL}
     assert worker_all == {(Res.TOPIC, "citybrain-streams"), (Res.GROUP, "citybrain-streams"),
                           (Res.TRANSACTIONAL_ID, "citybrain-streams")}
-    assert all(a.principal == "User:worker" for a in acls if a.op is Op.ALL)
+    # ALL only for the worker's own prefix and the replay's (tests/unit/test_replay_security.py)
+    assert all(a.principal in ("User:worker", "User:replay") for a in acls if a.op is Op.ALL)
+    assert all(a.name.startswith(("replay.", "citybrain-replay-"))
+               for a in acls if a.op is Op.ALL and a.principal == "User:replay")
     connector = {(a.name, a.op) for a in acls if a.principal == "User:connector" and a.resource is Res.TOPIC}
     assert ("city.sensor.readings", Op.WRITE) in connector
     assert not any(op is Op.READ for _, op in connector)
@@ -144,7 +147,7 @@ def test_bad_department_codes_are_config_errors(code: str) -> None:
 
 def test_bootstrap_plan_creates_private_secrets_once(tmp_path: Path) -> None:
     plan = bootstrap_plan(tmp_path, Topics(), ["eeb", "district.chaoyang"])
-    assert set(plan.users) == {"admin", "connector", "worker", "writer", "opscenter", "dept.eeb",
+    assert set(plan.users) == {"admin", "connector", "worker", "writer", "opscenter", "replay", "dept.eeb",
                                "dept.district.chaoyang"}
     f = tmp_path / "kafka-dept.eeb"
     assert f.stat().st_mode & 0o777 == 0o600
