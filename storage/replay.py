@@ -9,6 +9,12 @@ its changelog topics), its own data directory and optionally another rules
 file. Nothing of a run is shared with the live pipeline but the database it
 reads (read only, apart from its row in `replay_runs`).
 
+Kafka identity: `ReplaySettings.kafka_security` (KAFKA_SECURITY_PROTOCOL,
+KAFKA_SASL_*; citybrain.kafka_security). On the SASL listener a replay runs as
+the `replay` principal, which owns `replay.*` and `citybrain-replay-*` and may
+only describe the live readings topic (citybrain.security_cli.replay_acls);
+every client the engine makes and the worker it starts use that identity.
+
 Determinism: rows are read in (ts, key, event_id) order through a server-side
 cursor and published keyed like live (readings by sensor_id, hotline events
 by ticket_id) into as many partitions as the live topics have, so each sensor
@@ -46,6 +52,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from citybrain.errors import ConfigError, ServiceError
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
+from citybrain.kafka_security import KafkaSecurity
 from citybrain.topics import LIVE, Topics
 from storage.audit import append_audit
 from storage.db import connect
@@ -64,6 +71,9 @@ class ReplaySettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         validation_alias=AliasChoices("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS")
     )
+    # KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_*: SASL as the `replay` principal (citybrain.kafka_security);
+    # the engine's clients and its worker child use it
+    kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity)
     db_schema: str = "public"
     run_root: str = ".run/replay"
     partitions: int = Field(default=0, ge=0, description="0: as many as the live readings topic has")
@@ -249,9 +259,12 @@ async def recorded_alerts(conn: asyncpg.Connection, scope: Scope) -> list[AlertV
 
 # --- Kafka helpers -------------------------------------------------------------
 
+ClientKwargs = Mapping[str, Any] | None  # KafkaSecurity.aiokafka_kwargs(): SASL / TLS, or nothing
+
+
 @contextlib.asynccontextmanager
-async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+async def _admin(bootstrap: str, client_kwargs: ClientKwargs = None) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000, **(client_kwargs or {}))
     await admin.start()
     try:
         yield admin
@@ -259,9 +272,10 @@ async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
         await admin.close()
 
 
-async def live_partitions(bootstrap: str) -> int:
-    """The live readings topic's partition count (asked without creating it)."""
-    async with _admin(bootstrap) as admin:
+async def live_partitions(bootstrap: str, client_kwargs: ClientKwargs = None) -> int:
+    """The live readings topic's partition count (asked without creating it;
+    the `replay` principal may describe that topic and nothing else live)."""
+    async with _admin(bootstrap, client_kwargs) as admin:
         if LIVE.readings not in set(await admin.list_topics()):
             return DEFAULT_PARTITIONS
         for t in await admin.describe_topics([LIVE.readings]):
@@ -270,21 +284,22 @@ async def live_partitions(bootstrap: str) -> int:
     return DEFAULT_PARTITIONS
 
 
-async def ensure_control_topic(bootstrap: str, name: str) -> None:
+async def ensure_control_topic(bootstrap: str, name: str, client_kwargs: ClientKwargs = None) -> None:
     """The emergency-mode topic as the worker makes it (one partition,
     compacted), made ahead so its first seconds are not spent on errors.
     The run starts in normal mode: mode switches are not recorded."""
-    async with _admin(bootstrap) as admin:
+    async with _admin(bootstrap, client_kwargs) as admin:
         if name not in set(await admin.list_topics()):
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})])
 
 
-async def wait_for_leaders(bootstrap: str, names: list[str], timeout_s: float = 30) -> None:
+async def wait_for_leaders(bootstrap: str, names: list[str], timeout_s: float = 30,
+                           client_kwargs: ClientKwargs = None) -> None:
     """Until every partition of fresh topics has a leader: producing before
     that only buys retries (NotLeaderForPartition) and noise on stderr."""
     deadline = time.monotonic() + timeout_s
-    async with _admin(bootstrap) as admin:
+    async with _admin(bootstrap, client_kwargs) as admin:
         while time.monotonic() < deadline:
             meta = await admin.describe_topics(names)
             if all(not t.get("error_code") and t.get("partitions")
@@ -293,9 +308,9 @@ async def wait_for_leaders(bootstrap: str, names: list[str], timeout_s: float = 
             await asyncio.sleep(0.2)
 
 
-async def list_replay_topics(bootstrap: str) -> dict[str, list[str]]:
+async def list_replay_topics(bootstrap: str, client_kwargs: ClientKwargs = None) -> dict[str, list[str]]:
     """run -> its topics still in Kafka."""
-    async with _admin(bootstrap) as admin:
+    async with _admin(bootstrap, client_kwargs) as admin:
         names = await admin.list_topics()
     out: dict[str, list[str]] = {}
     for name in sorted(names):
@@ -305,13 +320,13 @@ async def list_replay_topics(bootstrap: str) -> dict[str, list[str]]:
     return out
 
 
-async def delete_run_kafka(bootstrap: str, run: str, rounds: int = 3) -> list[str]:
+async def delete_run_kafka(bootstrap: str, run: str, rounds: int = 3, client_kwargs: ClientKwargs = None) -> list[str]:
     """Remove a run's topics and its worker's consumer group; returns the topics
     removed. A few rounds: a worker that was still starting when it was
     stopped may have made a topic (its control topic) after the first listing."""
     prefixes = run_topic_prefixes(run)
     removed: list[str] = []
-    async with _admin(bootstrap) as admin:
+    async with _admin(bootstrap, client_kwargs) as admin:
         for n in range(rounds):
             doomed = [t for t in await admin.list_topics() if t.startswith(prefixes)]
             if not doomed:
@@ -355,14 +370,14 @@ async def _worker_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, gr
 class _AlertCollector:
     """Reads the run's alert topic from the start, keeps the latest revision per alert."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, client_kwargs: ClientKwargs = None) -> None:
         self.latest: dict[str, AlertView] = {}
         self.received = 0
         self.bad = 0
         self.last_at = time.monotonic()
         self._consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
                                           auto_offset_reset="earliest", enable_auto_commit=False,
-                                          metadata_max_age_ms=2000)
+                                          metadata_max_age_ms=2000, **(client_kwargs or {}))
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -394,9 +409,29 @@ class _AlertCollector:
 
 # --- the worker child ---------------------------------------------------------
 
+def security_env(sec: KafkaSecurity) -> dict[str, str]:
+    """The environment a child reads `sec` back from (KafkaSecurity's own variables)."""
+    env: dict[str, str] = {"KAFKA_SECURITY_PROTOCOL": sec.security_protocol,
+                           "KAFKA_SASL_MECHANISM": sec.sasl_mechanism}
+    if sec.sasl:
+        assert sec.sasl_username is not None and sec.sasl_password is not None
+        env.update(KAFKA_SASL_USERNAME=sec.sasl_username, KAFKA_SASL_PASSWORD=sec.sasl_password.get_secret_value())
+    if sec.ssl_ca_file:
+        env["KAFKA_SSL_CA_FILE"] = sec.ssl_ca_file
+    return env
+
+
+_SECURITY_VARS = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
+                  "KAFKA_SSL_CA_FILE")
+
+
 def worker_env(base_env: Mapping[str, str], settings: ReplaySettings, req: ReplayRequest, partitions: int,
                data_dir: Path) -> dict[str, str]:
-    env = dict(base_env)
+    """The replay worker's environment: the caller's, with the run's app id,
+    topic prefix and data dir, and the engine's own Kafka identity (the
+    `replay` principal on SASL), whatever the caller's environment said."""
+    env = {k: v for k, v in base_env.items() if k not in _SECURITY_VARS}
+    env.update(security_env(settings.kafka_security))
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
         WORKER_APP_ID=app_id(req.run),
@@ -540,7 +575,9 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
     try:
         await _require_table(conn)
         n_readings, n_hotline = await count_range(conn, req)
-        partitions = settings.partitions or await live_partitions(settings.kafka_bootstrap_servers)
+        kafka = settings.kafka_bootstrap_servers
+        kw = settings.kafka_security.aiokafka_kwargs()
+        partitions = settings.partitions or await live_partitions(kafka, kw)
         try:
             await conn.execute(
                 "INSERT INTO replay_runs (run_id, status, started_at, range_from, range_to, area, sensors,"
@@ -565,16 +602,16 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
                  f"{req.read_from.isoformat()} .. {req.scope.end.isoformat()} into {topics.prefix}* "
                  f"({partitions} partitions)")
         workers = _Workers(settings, run_dir)
-        collector = _AlertCollector(settings.kafka_bootstrap_servers, topics.alerts)
+        collector = _AlertCollector(kafka, topics.alerts, kw)
         status = "failed"
         try:
             wanted = pipeline_topics(topics, partitions)
             depts = department_topics(rules_in_effect(base_env, req), topics, await areas_in_range(conn, req),
                                       n_hotline > 0)
             wanted.update(dict.fromkeys(depts, partitions))
-            await ensure_topics(settings.kafka_bootstrap_servers, wanted)
-            await ensure_control_topic(settings.kafka_bootstrap_servers, topics.control_mode)
-            await wait_for_leaders(settings.kafka_bootstrap_servers, [topics.readings, topics.hotline, topics.alerts])
+            await ensure_topics(kafka, wanted, client_kwargs=kw)
+            await ensure_control_topic(kafka, topics.control_mode, kw)
+            await wait_for_leaders(kafka, [topics.readings, topics.hotline, topics.alerts], client_kwargs=kw)
             await collector.start()
             env = worker_env(base_env, settings, req, partitions, run_dir / "faust")
             await workers.start(env, settings.workers)
@@ -593,7 +630,7 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
             out.status = status
             if not req.keep:
                 try:
-                    await delete_run_kafka(settings.kafka_bootstrap_servers, req.run)
+                    await delete_run_kafka(kafka, req.run, client_kwargs=kw)
                 except KafkaError as exc:  # the run's outcome stands; `replay --clean` can finish this
                     log.warning("could not remove the topics of replay %s: %s", req.run, exc)
                 shutil.rmtree(run_dir / "faust", ignore_errors=True)
@@ -673,7 +710,7 @@ async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: Repl
                    workers: _Workers, progress: Progress) -> float:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
                                 enable_idempotence=True, linger_ms=20, max_batch_size=512 * 1024,
-                                request_timeout_ms=60000)
+                                request_timeout_ms=60000, **settings.kafka_security.aiokafka_kwargs())
     await producer.start()
     batches = _Batches(producer, partitions)
     t0 = time.monotonic()
@@ -725,7 +762,8 @@ async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics
     """Until the worker has committed every replayed reading and no alert came
     for `quiet_s` (its silence sweep runs on a timer, after the last reading).
     Returns the monotonic time it caught up (before the quiet wait)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None)
+    kw = settings.kafka_security.aiokafka_kwargs()
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, **kw)
     await consumer.start()
     t0 = time.monotonic()
     last_seen: tuple[int, int] = (-1, -1)
@@ -733,7 +771,7 @@ async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics
     caught_up_at: float | None = None
     watched = [topics.readings, topics.hotline, topics.alerts_detected]
     try:
-        async with _admin(settings.kafka_bootstrap_servers) as admin:
+        async with _admin(settings.kafka_bootstrap_servers, kw) as admin:
             while True:
                 if stop.is_set():
                     raise Interrupted
@@ -783,7 +821,7 @@ async def list_runs(settings: ReplaySettings, limit: int = 100) -> list[RunInfo]
         rows = await conn.fetch("SELECT * FROM replay_runs ORDER BY started_at DESC LIMIT $1", limit)
     finally:
         await conn.close()
-    kafka = await list_replay_topics(settings.kafka_bootstrap_servers)
+    kafka = await list_replay_topics(settings.kafka_bootstrap_servers, settings.kafka_security.aiokafka_kwargs())
     out: list[RunInfo] = []
     for r in rows:
         out.append(RunInfo(r["run_id"], r["status"], r["started_at"], r["range_from"], r["range_to"], r["readings"],
@@ -826,7 +864,8 @@ async def clean_runs(settings: ReplaySettings, run: str | None, now: Callable[[]
                        if not (r["status"] == "running" and _alive(r["pid"], r["host"]))]
         done: list[tuple[str, int]] = []
         for rid, rdir in targets:
-            removed = await delete_run_kafka(settings.kafka_bootstrap_servers, rid)
+            removed = await delete_run_kafka(settings.kafka_bootstrap_servers, rid,
+                                             client_kwargs=settings.kafka_security.aiokafka_kwargs())
             base = Path(rdir) if rdir else run_dir_of(settings, rid)
             shutil.rmtree(base / "faust", ignore_errors=True)
             await conn.execute("UPDATE replay_runs SET cleaned_at = $2, topics_kept = false,"

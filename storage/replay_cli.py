@@ -1,7 +1,8 @@
 """`citybrain replay`: re-run a recorded time range through an isolated
 worker and compare its alerts with the recorded ones; `--list` / `--clean`
 manage past runs. The environment (DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS,
-REPLAY_*, and the WORKER_* the replay worker inherits) is read here only."""
+KAFKA_SECURITY_PROTOCOL / KAFKA_SASL_* - the `replay` principal on the SASL
+listener -, REPLAY_*, and the WORKER_* the replay worker inherits) is read here only."""
 
 from __future__ import annotations
 
