@@ -13,6 +13,13 @@ a run that failed before its row existed keeps its one-line error here.
 At most `max_running` runs at a time per opscenter process: each runs a
 worker, the heavy part on a small machine. Stopping the opscenter interrupts
 its runs (SIGINT: the engine removes their topics, as after Ctrl-C).
+
+Kafka identity: on a SASL listener (the opscenter's KAFKA_SECURITY_PROTOCOL is
+SASL_*) a run does not use the opscenter's principal, which may not create
+topics or groups outside `city.*`: the child runs as `replay`
+(KAFKA_SASL_USERNAME=replay, KAFKA_SASL_PASSWORD from KAFKA_REPLAY_PASSWORD in
+the opscenter's environment; stack.env has it). Without that password a POST
+is refused (503) instead of starting a child that would fail.
 """
 
 from __future__ import annotations
@@ -31,11 +38,13 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from citybrain.errors import CityBrainError
+from citybrain.errors import CityBrainError, ConfigError
 from storage.replay_diff import RUN_RE, Scope, new_run_id, parse_speed
 
 log = logging.getLogger("citybrain.opscenter.replays")
 ROOT = Path(__file__).resolve().parent.parent
+REPLAY_PRINCIPAL = "replay"
+REPLAY_PASSWORD_VAR = "KAFKA_REPLAY_PASSWORD"
 
 
 class ReplayIn(BaseModel):
@@ -54,6 +63,10 @@ class ReplayIn(BaseModel):
 
 class Invalid(ValueError):
     """A replay request that cannot run: 422 with this reason."""
+
+
+class Unavailable(ConfigError):
+    """This opscenter cannot start replays as configured: 503 with this reason."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +132,43 @@ class ReplayManager:
         self.max_running = max_running
         self.clock = clock
         self.local: dict[str, _Local] = {}
+        if self.base_env is not None and (why := self.unavailable()) is not None:
+            log.warning("replays from the API will be refused: %s", why)
 
     @property
     def enabled(self) -> bool:
         return self.base_env is not None
+
+    @property
+    def sasl(self) -> bool:
+        return (self.base_env or {}).get("KAFKA_SECURITY_PROTOCOL", "").upper().startswith("SASL_")
+
+    def unavailable(self) -> str | None:
+        """Why a run could not start with this configuration (None: it can)."""
+        if self.base_env is None:
+            return "this opscenter was started without replay support"
+        if self.sasl and not self.base_env.get(REPLAY_PASSWORD_VAR, "").strip():
+            return (f"replays on the SASL listener run as the `{REPLAY_PRINCIPAL}` principal, but "
+                    f"{REPLAY_PASSWORD_VAR} is not set in the operations center's environment "
+                    f"(stack.env has it; `citybrain security bootstrap` creates the user)")
+        return None
+
+    def child_env(self) -> dict[str, str]:
+        """The environment of a replay's `citybrain replay` child: the opscenter's,
+        the database and Kafka it uses, and on SASL the `replay` principal
+        instead of the opscenter's (no service's password is passed on but that one)."""
+        why = self.unavailable()
+        if why is not None:
+            raise Unavailable(why)
+        assert self.base_env is not None
+        env = dict(self.base_env, DATABASE_URL=self.database_url.get_secret_value(),
+                   KAFKA_BOOTSTRAP_SERVERS=self.bootstrap, REPLAY_RUN_ROOT=str(Path(self.run_root).resolve()))
+        if self.sasl:
+            password = self.base_env[REPLAY_PASSWORD_VAR].strip()
+            for k in [k for k in env if k.startswith("KAFKA_") and k.endswith("_PASSWORD")]:
+                del env[k]  # the services' passwords (stack.env), the opscenter's own among them
+            env.update(KAFKA_SASL_USERNAME=REPLAY_PRINCIPAL, KAFKA_SASL_PASSWORD=password)
+        return env
 
     def running(self) -> int:
         return sum(1 for x in self.local.values() if not x.task.done())
@@ -144,9 +190,9 @@ class ReplayManager:
         return args
 
     def start(self, p: ReplayPlan, requested_by: str) -> None:
-        assert self.base_env is not None
-        env = dict(self.base_env, DATABASE_URL=self.database_url.get_secret_value(),
-                   KAFKA_BOOTSTRAP_SERVERS=self.bootstrap, REPLAY_RUN_ROOT=str(Path(self.run_root).resolve()))
+        """Raises Unavailable (nothing started) when a run cannot start as configured."""
+        env = self.child_env()
+
         async def go() -> None:
             entry = self.local[p.run]  # registered below, before this task first runs
             try:
