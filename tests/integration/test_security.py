@@ -37,8 +37,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from citybrain.kafka_admin import ensure_topics
 from citybrain.kafka_security import scram
-from citybrain.security_cli import Plan, apply, device_password, service_acls
-from citybrain.topics import Topics
+from citybrain.security_cli import Plan, apply, device_password, replay_acls, service_acls
+from citybrain.topics import LIVE, Topics
 from connectors.mqtt_kafka import MqttKafkaConnector, MqttKafkaSettings, default_routes
 from connectors.registry import DeviceRegistry
 from storage.audit import append_audit, verify
@@ -397,6 +397,78 @@ async def test_service_principal_limited_to_its_topics(secured: Secured, kafka_b
             await asyncio.wait_for(c.getone(), WAIT)
         finally:
             await c.stop()
+
+
+def replay_password(secured: Secured) -> str:
+    f = secured.secrets_dir / "kafka-replay"
+    if not f.is_file():
+        pytest.fail(f"{f} is missing (no `replay` principal): run deploy/local/stack.sh up")
+    return f.read_text().strip()
+
+
+async def test_replay_principal_owns_its_run_topics_and_nothing_live(secured: Secured, kafka_bootstrap: str) -> None:
+    """As `replay` (storage.replay's own helpers where it has them): creates a
+    run topic, produces, consumes and commits with the run's worker group,
+    reads the live partition count, removes the run's topics and group; reading
+    or writing a live topic, or joining another group, is refused."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from storage.replay import app_id, delete_run_kafka, list_replay_topics, live_partitions
+
+    u = uuid.uuid4().hex[:8]
+    run, live_like = f"sec{u}", Topics(f"sec{u}.")  # live_like: this test's stand-in for existing live topics
+    rt, group = Topics.for_replay(run), app_id(run)
+    await apply(kafka_bootstrap, Plan({}, replay_acls(LIVE) + replay_acls(live_like)))
+    await ensure_topics(kafka_bootstrap, {live_like.readings: 1, live_like.alerts: 1})
+    sec, sasl = scram("replay", replay_password(secured)), secured.sasl_bootstrap
+    kw = sec.aiokafka_kwargs()
+    plain = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await plain.start()
+    try:
+        await ensure_topics(sasl, {rt.readings: 1}, client_kwargs=kw)  # kafka_admin raises on any refusal
+        p = AIOKafkaProducer(bootstrap_servers=sasl, acks="all", enable_idempotence=True, **kw)
+        await p.start()
+        try:
+            assert (await asyncio.wait_for(p.send_and_wait(rt.readings, b"r1", key=b"s1"), WAIT)).offset == 0
+            for live in (LIVE.readings, live_like.readings):  # the live name (absent here) and an existing one
+                with pytest.raises(TopicAuthorizationFailedError):
+                    await asyncio.wait_for(p.send_and_wait(live, b"forged", key=b"s1"), WAIT)
+        finally:
+            await p.stop()
+        c = AIOKafkaConsumer(rt.readings, bootstrap_servers=sasl, group_id=group, auto_offset_reset="earliest",
+                             enable_auto_commit=False, **kw)
+        await c.start()
+        try:
+            assert (await asyncio.wait_for(c.getone(), WAIT * 2)).value == b"r1"
+            await c.commit()
+        finally:
+            await c.stop()
+        assert await live_partitions(sasl, kw) == await live_partitions(kafka_bootstrap)
+        assert (await list_replay_topics(sasl, kw)).get(run) == [rt.readings]
+        for live in (LIVE.alerts, live_like.alerts):
+            spy = AIOKafkaConsumer(live, bootstrap_servers=sasl, group_id=f"{group}-spy", auto_offset_reset="earliest",
+                                   **kw)
+            with pytest.raises(TopicAuthorizationFailedError):
+                try:
+                    await spy.start()
+                    await asyncio.wait_for(spy.getone(), WAIT)
+                finally:
+                    await spy.stop()
+        stranger = AIOKafkaConsumer(rt.readings, bootstrap_servers=sasl, group_id="citybrain-streams-replay-test",
+                                    auto_offset_reset="earliest", **kw)
+        with pytest.raises(GroupAuthorizationFailedError):
+            try:
+                await stranger.start()
+                await asyncio.wait_for(stranger.getone(), WAIT)
+            finally:
+                await stranger.stop()
+        assert await delete_run_kafka(sasl, run, client_kwargs=kw) == [rt.readings]
+        assert group not in {g[0] for g in await plain.list_consumer_groups()}, "DeleteGroups as replay"
+    finally:
+        leftovers = [t for t in await plain.list_topics() if t.startswith((live_like.prefix, rt.prefix))]
+        if leftovers:
+            await plain.delete_topics(leftovers)
+        await plain.close()
 
 
 # ------------------------------------------------------------------ audit trail
