@@ -155,7 +155,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from storage.replay import list_runs
 
     settings = _settings(args)
-    runs = asyncio.run(list_runs(settings))
+    try:
+        runs = asyncio.run(list_runs(settings))
+    except (asyncpg.PostgresError, OSError, KafkaError) as exc:  # e.g. SASL credentials refused
+        raise ServiceError(f"replay --list failed: {type(exc).__name__}: {exc}") from exc
     if not runs:
         print("no replay runs")
         return 0
@@ -176,7 +179,10 @@ def _cmd_clean(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     run = check_run(args.clean) if args.clean else None
-    done = asyncio.run(clean_runs(settings, run, now_utc))
+    try:
+        done = asyncio.run(clean_runs(settings, run, now_utc))
+    except (asyncpg.PostgresError, OSError, KafkaError) as exc:
+        raise ServiceError(f"replay --clean failed: {type(exc).__name__}: {exc}") from exc
     for rid, n in done:
         print(f"replay {rid}: {n} topics removed, worker data removed")
     if not done:
