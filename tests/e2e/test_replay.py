@@ -47,6 +47,7 @@ from storage.migrate import migrate
 from storage.replay import list_replay_topics
 from streams.routing import RULES_DIR
 from tests.e2e.conftest import ROOT, wait_until_subscribed
+from tests.services import _reachable, _require
 
 # long: the machine is shared and loaded; these bound a hang, they measure nothing
 RUN_TIMEOUT_S = 600
@@ -255,12 +256,12 @@ T0 = datetime(2026, 5, 4, 6, 0, tzinfo=UTC)
 SENSORS = ("rk-a", "rk-b", "rk-c", "rk-d", "rk-e")
 
 
-def _reading_rows(n_per_sensor: int, step_s: int) -> list[tuple[Any, ...]]:
+def _reading_rows(n_per_sensor: int, step_s: int, base: float = 20.0) -> list[tuple[Any, ...]]:
     rows = []
     for i in range(n_per_sensor):
         for k, sid in enumerate(SENSORS):
             ts = T0 + timedelta(seconds=i * step_s)  # same ts for all sensors: the tie-break decides the order
-            rows.append((ts, f"r-{sid}-{i}", sid, "pm25", 20.0 + (i + k) % 7, "ug/m3", "朝阳区",
+            rows.append((ts, f"r-{sid}-{i}", sid, "pm25", base + (i + k) % 7, "ug/m3", "朝阳区",
                          "望京街道", None, 39.99, 116.47, None, "test"))
     return rows
 
@@ -374,6 +375,49 @@ async def test_replay_topics_keys_order_keep_list_clean_and_ctrl_c(
     (row,) = await _fetch(database_url, replay_schema, "SELECT status FROM replay_runs WHERE run_id = $1", slow_run)
     assert row["status"] == "interrupted"
     assert slow_run not in await _wait_topics_gone(kafka_bootstrap, slow_run)
+
+
+def _as_replay_principal(env: dict[str, str]) -> dict[str, str]:
+    """`citybrain replay` on the SASL listener as the `replay` principal, as the
+    operations center starts it there; a stack without them fails loudly."""
+    sasl = _require("KAFKA_SASL_BOOTSTRAP")
+    host, _, port = sasl.rpartition(":")
+    _reachable("Kafka SASL listener", host, int(port))
+    return {**env, "KAFKA_BOOTSTRAP_SERVERS": sasl, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "replay",
+            "KAFKA_SASL_PASSWORD": _require("KAFKA_REPLAY_PASSWORD")}
+
+
+async def test_replay_over_sasl_as_the_replay_principal(
+    replay_schema: str, database_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The engine's clients and its worker with the `replay` principal's rights
+    only: the run takes the live partition count, publishes, its worker detects
+    and writes alerts, the diff is reported, and the run's topics and consumer
+    group are removed."""
+    from storage.replay import live_partitions
+
+    readings = _reading_rows(12, 30, base=180.0)  # PM2.5 ~183: an II (orange) alert per sensor
+    hotline = _hotline_rows()
+    await _load(database_url, replay_schema, readings, hotline)
+    env = _as_replay_principal({**os.environ, "REPLAY_RUN_ROOT": str(tmp_path / "replay")})
+    run = f"sasl_{replay_schema.removeprefix('t_replay_')}"
+    out = tmp_path / "diff.json"
+    r = citybrain(["replay", "--from", T0.isoformat(), "--to", (T0 + timedelta(minutes=10)).isoformat(),
+                   "--schema", replay_schema, "--run", run, "--json", str(out)], env)
+    worker_log = tmp_path / "replay" / run / "worker.log"
+    log_text = worker_log.read_text(errors="replace") if worker_log.exists() else ""
+    assert r.returncode == 0, r.stderr[-3000:] + log_text[-3000:]
+    assert "AuthorizationFailed" not in log_text and "not authorized" not in log_text, log_text[-3000:]
+    assert f"replay {run}: {len(readings)} readings, {len(hotline)} hotline events" in r.stdout
+    assert f"({await live_partitions(kafka_bootstrap)} partitions)" in r.stderr, "the live count, described as replay"
+    diff = json.loads(out.read_text())
+    assert f"diff: {tmp_path / 'replay' / run / 'diff.json'}" in r.stdout
+    assert diff["summary"]["recorded"] == 0 and diff["summary"]["replayed"] == len(diff["new"]) >= len(SENSORS)
+    pm = {a["subject"] for a in diff["new"] if a["rule"].endswith(":pm25")}
+    assert pm == set(SENSORS), diff["new"]
+    assert run not in await _wait_topics_gone(kafka_bootstrap, run), "removed as replay"
+    assert f"citybrain-replay-{run}" not in await _groups(kafka_bootstrap), "its worker's group removed as replay"
 
 
 async def _groups(bootstrap: str) -> set[str]:
