@@ -44,7 +44,24 @@ def _cmd_connector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_open311(args: argparse.Namespace) -> int:
+    from connectors.open311.__main__ import serve
+    from connectors.open311.settings import Open311Settings
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = Open311Settings(**overrides)  # the rest from the environment: the entry point
+    asyncio.run(serve(settings))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("connector", help="run the MQTT -> Kafka ingestion connector")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_connector)
+    o = sub.add_parser("open311", help="serve the Open311 GeoReport v2 hotline intake (OPEN311_API_KEYS, "
+                       "OPEN311_PII_KEY; requests kept in DATABASE_URL)")
+    o.add_argument("--host", default=None, help="listen address (default OPEN311_HOST or 127.0.0.1)")
+    o.add_argument("--port", type=int, default=None, help="port (default OPEN311_PORT or 8311)")
+    o.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    o.set_defaults(func=_cmd_open311)

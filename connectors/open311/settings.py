@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from citybrain.kafka_security import KafkaSecurity
@@ -40,6 +40,9 @@ class Open311Settings(BaseSettings):
     topic_prefix: str = ""
     host: str = "127.0.0.1"
     port: int = 8311
+    # the intake's own store (requests with the caller's clear PII): PostgreSQL when given, else memory
+    database_url: SecretStr | None = Field(default=None,
+                                           validation_alias=AliasChoices("OPEN311_DATABASE_URL", "DATABASE_URL"))
 
     @field_validator("api_keys", mode="before")
     @classmethod
