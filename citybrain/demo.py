@@ -1,5 +1,12 @@
 """`citybrain demo`: the live pipeline on the local stack, fed by the city
-simulator, with alerts printed as they arrive. Ctrl-C stops everything."""
+simulator, with alerts printed as they arrive. Ctrl-C stops everything.
+
+On the local stack every process speaks to Kafka on the authenticated
+listener as its own principal (connector, worker, writer, opscenter; the
+Open311 intake writes hotline events as `connector`), with the ACLs of
+`citybrain security bootstrap`: the demo depends on no open broker. Services
+given from outside (KAFKA_BOOTSTRAP_SERVERS without the local stack's SASL
+listener) are used with the security settings of the environment."""
 
 from __future__ import annotations
 
@@ -7,15 +14,18 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
+from citybrain.kafka_security import KafkaSecurity, scram
 from citybrain.supervisor import Supervisor
 from citybrain.topics import LIVE
 from schemas.common import COLOUR_ZH
@@ -24,8 +34,36 @@ ROOT = Path(__file__).resolve().parent.parent
 ANSI = {"blue": "\033[34m", "yellow": "\033[33m", "orange": "\033[38;5;208m", "red": "\033[31m"}
 
 
-async def _tail_alerts(bootstrap: str, stop: asyncio.Event) -> None:
-    consumer = AIOKafkaConsumer(LIVE.alerts, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
+# the processes the demo starts, and the Kafka principal each runs as
+PRINCIPALS = {"connector": "connector", "open311": "connector", "worker": "worker", "writer": "writer",
+              "opscenter": "opscenter"}
+
+
+def kafka_env(env: dict[str, str], principal: str) -> dict[str, str]:
+    """The environment overrides that put a process on the local stack's SASL
+    listener as `principal` ({} when the stack has no such listener: Kafka was
+    given from outside, with its own settings)."""
+    sasl = env.get("KAFKA_SASL_BOOTSTRAP")
+    password = env.get(f"KAFKA_{principal.upper()}_PASSWORD")
+    if not sasl or not password:
+        return {}
+    return {"KAFKA_BOOTSTRAP_SERVERS": sasl, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_MECHANISM": env.get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            "KAFKA_SASL_USERNAME": principal, "KAFKA_SASL_PASSWORD": password}
+
+
+def kafka_client(env: dict[str, str], principal: str) -> tuple[str, dict[str, Any]]:
+    """(bootstrap, aiokafka kwargs) for the demo's own clients, as `principal`."""
+    over = kafka_env(env, principal)
+    if not over:
+        return env["KAFKA_BOOTSTRAP_SERVERS"], dict(KafkaSecurity().aiokafka_kwargs())
+    return over["KAFKA_BOOTSTRAP_SERVERS"], dict(scram(principal, over["KAFKA_SASL_PASSWORD"]).aiokafka_kwargs())
+
+
+async def _tail_alerts(env: dict[str, str], stop: asyncio.Event) -> None:
+    bootstrap, kwargs = kafka_client(env, "opscenter")  # what the operations center may read
+    consumer = AIOKafkaConsumer(LIVE.alerts, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None,
+                                **kwargs)
     await consumer.start()
     try:
         while not stop.is_set():
@@ -46,17 +84,28 @@ async def _tail_alerts(bootstrap: str, stop: asyncio.Event) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
-    bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
-    await ensure_topics(bootstrap, pipeline_topics(LIVE, 4))
+    bootstrap, admin_kwargs = kafka_client(env, "admin")
+    await ensure_topics(bootstrap, pipeline_topics(LIVE, 4), client_kwargs=admin_kwargs)
     await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "citybrain.cli", "db", "migrate"], env=env, check=True
     )
-    sup = Supervisor(ROOT / ".run" / "demo", base_env=env)
-    sup.start("connector", ["connector"])
-    sup.start("worker", ["worker"])
-    sup.start("writer", ["writer"])
+    # the children's common environment carries no Kafka password: each gets its own principal's
+    base = {k: v for k, v in env.items() if not (k.startswith("KAFKA_") and k.endswith("_PASSWORD"))}
+    sup = Supervisor(ROOT / ".run" / "demo", base_env=base)
+
+    def start(name: str, args_: list[str], extra: dict[str, str] | None = None) -> None:
+        sup.start(name, args_, env={**kafka_env(env, PRINCIPALS[name]), **(extra or {})})
+
+    start("connector", ["connector"])
+    start("worker", ["worker"])
+    start("writer", ["writer"])
+    open311_key = secrets.token_urlsafe(12)
+    start("open311", ["open311", "--port", str(args.open311_port)],
+          {"OPEN311_API_KEYS": open311_key, "OPEN311_PII_KEY": env.get("CONNECTOR_PII_KEY", "")})
     if args.dashboard:
-        sup.start("opscenter", ["opscenter", "--port", str(args.port), "--demo"])
+        # replays started from the dashboard run as the `replay` principal (opscenter.replays)
+        replay_pw = {"KAFKA_REPLAY_PASSWORD": env["KAFKA_REPLAY_PASSWORD"]} if "KAFKA_REPLAY_PASSWORD" in env else {}
+        start("opscenter", ["opscenter", "--port", str(args.port), "--demo"], replay_pw)
     sim_args = ["sim", "run", "--scenario", "demo", "--speed", str(args.speed), "--seed", str(args.seed)]
     if args.duration:
         sim_args += ["--duration", args.duration]
@@ -68,6 +117,9 @@ async def _run(args: argparse.Namespace) -> int:
     print(
         "City brain demo running. Where to look:\n"
         f"  dashboard : http://127.0.0.1:{args.port}/  (open the #token=... URL printed in .run/demo/opscenter.log)\n"
+        f"  open311   : http://127.0.0.1:{args.open311_port}/open311/v2/services.json  (api_key={open311_key})\n"
+        f"              curl -d api_key={open311_key} -d service_code=noise -d lat=39.92 -d long=116.44 "
+        f"-d 'description=工地夜间施工' http://127.0.0.1:{args.open311_port}/open311/v2/requests.json\n"
         f"  topics    : {LIVE.readings}, {LIVE.alerts}, {LIVE.dept('eeb')}, {LIVE.dlq}\n"
         "  database  : psql \"$DATABASE_URL\" -c 'SELECT alert_id, severity, status, title FROM alerts "
         "ORDER BY last_seen DESC LIMIT 10'\n"
@@ -75,7 +127,7 @@ async def _run(args: argparse.Namespace) -> int:
         "Alerts as they arrive (Ctrl-C to stop):",
         flush=True,
     )
-    tail = asyncio.create_task(_tail_alerts(bootstrap, stop))
+    tail = asyncio.create_task(_tail_alerts(env, stop))
     rc = 0
     try:
         while not stop.is_set():
@@ -100,6 +152,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the live pipeline fed by the simulated city (Ctrl-C stops)")
     p.add_argument("--port", type=int, default=8080, help="dashboard port")
+    p.add_argument("--open311-port", type=int, default=8311, help="Open311 intake port")
     p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall-clock second")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--duration", default="", help="simulated duration, e.g. 6h (default: the scenario's)")
