@@ -36,12 +36,15 @@ from citybrain.kafka_security import KafkaSecurity
 from citybrain.topics import Topics
 from schemas import Alert, SensorReading
 from streams import faust_fixes, hotline_agents, lifecycle_agent
+from streams.changelog import ChangelogBatcher
 from streams.context import EPOCH, LifecycleClock, ModeBoard, WorkerContext
 from streams.lifecycle import DEFAULT_POLICY_FILE, load_policy
 from streams.pipeline import ReadingProcessor
 from streams.routing import DEFAULT_RULES, RulesHolder
 
 log = logging.getLogger("citybrain.streams")
+
+DECODED_MAX = 20_000  # decoded sensor states kept between batches (~10 kB each)
 
 
 class WorkerSettings(BaseSettings):
@@ -86,6 +89,9 @@ def register_detect(ctx: WorkerContext) -> None:
     # worker-wide maximum would make the sensors of a lagging partition look
     # silent; a partition's own maximum depends only on its own, ordered input.
     watermarks: dict[int, datetime] = {}
+    # key -> (the bytes this agent last stored, that state decoded): spares an orjson.loads per reading
+    decoded: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
+    changelog = ChangelogBatcher(app, state)
 
     ctx.extras["detected_topic"] = detected_topic
 
@@ -116,7 +122,11 @@ def register_detect(ctx: WorkerContext) -> None:
                         st = held[1]
                     else:
                         raw = state.data.get(key)
-                        st = orjson.loads(raw) if raw else None
+                        cached = decoded.get(key)
+                        # the same bytes object as this agent last stored: its decoded form is current
+                        # (a recovery or rebalance puts other objects in the table)
+                        st = cached[1] if cached is not None and cached[0] is raw else (
+                            orjson.loads(raw) if raw else None)
                     st, alerts = processor.step(st, reading)
                     st["p"] = event.message.partition
                     touched[key] = (event.message.partition, st)
@@ -127,16 +137,23 @@ def register_detect(ctx: WorkerContext) -> None:
                     continue
                 except Exception as exc:  # one bad record must not stop or silently ack the stream
                     log.exception("processing failed")
+                    decoded.pop(key, None)  # the step may have left it half-changed
                     await ctx.dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}", "detect")
                     continue
                 for alert in alerts:
                     await publish(alert)
+            if len(decoded) + len(touched) > DECODED_MAX:
+                decoded.clear()  # bounded memory for a city of many sensors; the hot ones come back
+            changes: list[tuple[int, bytes, bytes]] = []
             for key, (partition, st) in touched.items():
                 body = orjson.dumps(st)
                 state.data[key] = body
-                state.send_changelog(partition, key, body)
+                decoded[key] = (body, st)
+                changes.append((partition, key, body))
+            if changes:
+                await changelog.send(changes)
 
-    ctx.extras["detect"] = DetectHandles(detect, state)
+    ctx.extras["detect"] = DetectHandles(detect, state, changelog)
 
     @app.timer(interval=settings.tick_every_s)
     async def tick_sensors() -> None:
@@ -148,6 +165,7 @@ def register_detect(ctx: WorkerContext) -> None:
         if not marks:
             return
         current_rules()
+        changes: list[tuple[int, bytes, bytes]] = []
         for n, key in enumerate(list(state.data.keys())):
             if n % 200 == 199:
                 await asyncio.sleep(0)  # let the detect agent run between slices of the sweep
@@ -169,15 +187,22 @@ def register_detect(ctx: WorkerContext) -> None:
             body = orjson.dumps(st)
             if body != raw:
                 state.data[key] = body
-                state.send_changelog(st.get("p", 0), key, body)
+                decoded.pop(key, None)
+                changes.append((st.get("p", 0), key, body))
+        # a key the detect agent wrote again while the sweep yielded has its newer record queued already
+        current = [c for c in changes if state.data.get(c[1]) is c[2]]
+        if current:
+            await changelog.send(current)
 
 
 @dataclass(frozen=True, slots=True)
 class DetectHandles:
-    """For tests and tools: the detect agent and its per-sensor state table."""
+    """For tests and tools: the detect agent, its per-sensor state table and
+    the sender of that table's changelog records."""
 
     agent: Any
     table: Any
+    changelog: ChangelogBatcher
 
 
 # Each agent module: `register(ctx)` declares its agents, tables and timers.

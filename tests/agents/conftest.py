@@ -26,6 +26,11 @@ class Recorder:
 
     notices: list[dict[str, Any]] = field(default_factory=list)
     detected: list[Alert] = field(default_factory=list)  # detection revisions (to the lifecycle)
+    changelog: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, key, state)
+
+    async def send_changelog(self, records: Any) -> int:
+        self.changelog.extend(records)
+        return 1
 
     async def publish_detected(self, alert: Alert) -> None:
         self.detected.append(alert)
@@ -82,4 +87,5 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
     ctx.publish_applied_action = rec.publish_applied_action  # type: ignore[method-assign]
     ctx.publish_notice = rec.publish_notice  # type: ignore[method-assign]
     ctx.publish_detected = rec.publish_detected  # type: ignore[method-assign]
+    ctx.extras["detect"].changelog.send = rec.send_changelog
     yield Worker(app, ctx, rec, clock)

@@ -32,6 +32,9 @@ async def test_rising_water_opens_one_alert_and_state_is_kept_per_sensor(worker:
     st = orjson.loads(h.table.data[b"wl-agent-1"])
     assert st["alerts"]["water_level:water_level"] and "det" in st
     assert worker.rec.dead == []
+    # the table's changelog got the sensor's state, the latest record being what the table holds
+    logged = [(p, v) for p, k, v in worker.rec.changelog if k == b"wl-agent-1"]
+    assert logged and logged[-1][1] == h.table.data[b"wl-agent-1"]
 
 
 async def test_malformed_and_late_readings_are_dead_lettered_not_lost(worker: Worker) -> None:
