@@ -93,8 +93,12 @@ class WorkerContext:
 
     async def dept_topic(self, code: str) -> Any:
         """`city.alerts.dept.<code>`, created on first use with the pipeline's partition count."""
-        if code not in self._dept_topics:
-            name = self.topics.dept(code)
+        return await self.run_time_topic(self.topics.dept(code))
+
+    async def run_time_topic(self, name: str) -> Any:
+        """A topic made at run time (a department's alert or ticket topic), created
+        on first use with the pipeline's partition count and used only once served."""
+        if name not in self._dept_topics:
             delay = 1.0
             while True:  # blocking the stream beats losing the department's copy
                 try:
@@ -104,8 +108,8 @@ class WorkerContext:
                     log.warning("department topic %s not ready (%s); retrying in %.0f s", name, exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
-            self._dept_topics[code] = self.app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw")
-        return self._dept_topics[code]
+            self._dept_topics[name] = self.app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw")
+        return self._dept_topics[name]
 
     async def dead_letter(self, event: Any, reason: str, message: str, stage: str) -> None:
         msg = event.message

@@ -443,7 +443,6 @@ def register(ctx: WorkerContext) -> None:
     tables = {AreaCore.SPIKES: spike_table, AreaCore.INCIDENTS: incident_table}
     ticket_lock = asyncio.Lock()  # one writer of the ticket states at a time: the agent or the deadline timer
     area_lock = asyncio.Lock()
-    ticket_depts: dict[str, Any] = {}
     hotline_name = topics.hotline
 
     @ticket_table.on_recover
@@ -463,11 +462,7 @@ def register(ctx: WorkerContext) -> None:
             return False
 
     async def dept_ticket_topic(code: str) -> Any:
-        if code not in ticket_depts:
-            name = topics.hotline_dept(code)
-            await ctx.topic_creator.ensure({name: s.partitions})
-            ticket_depts[code] = app.topic(name, **raw)
-        return ticket_depts[code]
+        return await ctx.run_time_topic(topics.hotline_dept(code))
 
     async def publish_ticket(out: TicketOutcome) -> None:
         registry = rules.table.registry
