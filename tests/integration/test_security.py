@@ -305,6 +305,16 @@ async def dept_env(secured: Secured, kafka_bootstrap: str) -> AsyncIterator[dict
         f.unlink(missing_ok=True)
 
 
+async def assert_read_denied(consumer: AIOKafkaConsumer, error: type[Exception]) -> None:
+    """The broker refuses `consumer` (an authorisation error, not a time-out)."""
+    with pytest.raises(error):
+        try:
+            await consumer.start()
+            await asyncio.wait_for(consumer.getone(), WAIT)
+        finally:
+            await consumer.stop()
+
+
 async def test_department_reads_only_its_own_topic(dept_env: dict[str, Any]) -> None:
     t, code, other, sec, sasl = (dept_env[k] for k in ("topics", "code", "other", "sec", "sasl"))
     own = AIOKafkaConsumer(t.dept(code), bootstrap_servers=sasl, group_id=f"dept.{code}.screen",
@@ -317,28 +327,13 @@ async def test_department_reads_only_its_own_topic(dept_env: dict[str, Any]) -> 
         await own.stop()
     theirs = AIOKafkaConsumer(t.dept(other), bootstrap_servers=sasl, group_id=f"dept.{code}.peek",
                               auto_offset_reset="earliest", **sec.aiokafka_kwargs())
-    with pytest.raises(TopicAuthorizationFailedError):
-        try:
-            await theirs.start()
-            await asyncio.wait_for(theirs.getone(), WAIT)
-        finally:
-            await theirs.stop()
+    await assert_read_denied(theirs, TopicAuthorizationFailedError)
     everything = AIOKafkaConsumer(t.alerts, bootstrap_servers=sasl, group_id=f"dept.{code}.all",
                                   auto_offset_reset="earliest", **sec.aiokafka_kwargs())
-    with pytest.raises(TopicAuthorizationFailedError):
-        try:
-            await everything.start()
-            await asyncio.wait_for(everything.getone(), WAIT)
-        finally:
-            await everything.stop()
+    await assert_read_denied(everything, TopicAuthorizationFailedError)
     foreign_group = AIOKafkaConsumer(t.dept(code), bootstrap_servers=sasl, group_id=f"dept.{other}.x",
                                      auto_offset_reset="earliest", **sec.aiokafka_kwargs())
-    with pytest.raises(GroupAuthorizationFailedError):
-        try:
-            await foreign_group.start()
-            await asyncio.wait_for(foreign_group.getone(), WAIT)
-        finally:
-            await foreign_group.stop()
+    await assert_read_denied(foreign_group, GroupAuthorizationFailedError)
 
 
 async def test_department_writes_only_actions(dept_env: dict[str, Any]) -> None:
@@ -391,12 +386,7 @@ async def test_service_principal_limited_to_its_topics(secured: Secured, kafka_b
         await p.stop()
     c = AIOKafkaConsumer(topics.readings, bootstrap_servers=secured.sasl_bootstrap, group_id=None,
                          auto_offset_reset="earliest", **sec.aiokafka_kwargs())
-    with pytest.raises(TopicAuthorizationFailedError):
-        try:
-            await c.start()
-            await asyncio.wait_for(c.getone(), WAIT)
-        finally:
-            await c.stop()
+    await assert_read_denied(c, TopicAuthorizationFailedError)
 
 
 def replay_password(secured: Secured) -> str:
@@ -448,20 +438,10 @@ async def test_replay_principal_owns_its_run_topics_and_nothing_live(secured: Se
         for live in (LIVE.alerts, live_like.alerts):
             spy = AIOKafkaConsumer(live, bootstrap_servers=sasl, group_id=f"{group}-spy", auto_offset_reset="earliest",
                                    **kw)
-            with pytest.raises(TopicAuthorizationFailedError):
-                try:
-                    await spy.start()
-                    await asyncio.wait_for(spy.getone(), WAIT)
-                finally:
-                    await spy.stop()
+            await assert_read_denied(spy, TopicAuthorizationFailedError)
         stranger = AIOKafkaConsumer(rt.readings, bootstrap_servers=sasl, group_id="citybrain-streams-replay-test",
                                     auto_offset_reset="earliest", **kw)
-        with pytest.raises(GroupAuthorizationFailedError):
-            try:
-                await stranger.start()
-                await asyncio.wait_for(stranger.getone(), WAIT)
-            finally:
-                await stranger.stop()
+        await assert_read_denied(stranger, GroupAuthorizationFailedError)
         assert await delete_run_kafka(sasl, run, client_kwargs=kw) == [rt.readings]
         assert group not in {g[0] for g in await plain.list_consumer_groups()}, "DeleteGroups as replay"
     finally:
