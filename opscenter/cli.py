@@ -81,7 +81,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # a replay started from the API runs its worker with this process's environment, as `citybrain replay` does
     app = create_app(settings, on_ready=on_ready, replay_env=dict(os.environ))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                            access_log=args.access_log, timeout_graceful_shutdown=3)
+                            access_log=args.access_log, timeout_graceful_shutdown=3,
+                            loop=settings.event_loop, http=settings.http_parser)
     uvicorn.Server(config).run()
     return 0
 

@@ -3,6 +3,8 @@ environment at the entry point only (`citybrain opscenter`)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -39,6 +41,10 @@ class OpscenterSettings(BaseSettings):
     shaped_cache_items: int = Field(default=20000, ge=0)
     pool_min: int = Field(default=2, ge=1)
     pool_max: int = Field(default=20, ge=1)
+    # uvicorn's event loop and HTTP parser: uvloop and httptools cost less per request than
+    # asyncio and h11 (bench.api); the standard ones remain a setting away
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    http_parser: Literal["httptools", "h11"] = "httptools"
     feed_queue: int = Field(default=1000, ge=10, description="events buffered per live-feed client")
     feed_keepalive_s: float = Field(default=15.0, gt=0)
     ack_minutes: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_ACK_MINUTES))

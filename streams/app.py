@@ -73,6 +73,9 @@ class WorkerSettings(BaseSettings):
     hotline_batch_within_s: float = 0.2
     alert_retention_s: float = 7 * 86400  # a finished alert's lifecycle state is kept this long after its last change
     rules_poll_s: float = 2.0
+    # the event loop: uvloop's callbacks, tasks and socket reads cost less than asyncio's
+    # (the worker's loop turns over several times per reading); "asyncio" for the standard one
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
 def register_detect(ctx: WorkerContext) -> None:

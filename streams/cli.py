@@ -17,6 +17,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from streams.app import WorkerSettings, create_app
 
     settings = WorkerSettings()  # type: ignore[call-arg]  # from the environment: the entry point
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.install()  # before any loop exists: the topic check below and Faust's worker both run on it
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(
         ensure_topics(
