@@ -1,0 +1,149 @@
+"""Faust's fetcher hands each message to the conductor without four tasks.
+
+Why: faust-streaming 0.15.3's `Consumer._drain_messages` delivers every
+message with `await self.wait_first(callback(message), self.suspend_flow.wait())`.
+mode's `wait_first` wraps the callback, the suspend-flow event and the
+service's stopped and crashed events in four tasks, waits for the first with
+`asyncio.wait` and cancels the rest: about sixteen loop callbacks and four
+task creations per message, the largest single cost of the worker's
+per-event machinery in bench.worker's profile (more than the detection
+engine). Almost always the callback (the conductor putting the event into
+a stream's buffer) finishes without ever suspending.
+
+Here the callback's coroutine is first stepped directly. If it finishes in
+that step, which is the usual case, nothing else is needed. If it suspends
+(a full stream buffer, a lock held), the half-run coroutine is handed to
+the original `wait_first` as a task that resumes it, so a rebalance
+(`suspend_flow`) or a stop still cuts a blocked delivery short exactly as
+before. While the flow is suspended, or the consumer stopping or crashed,
+the original path is taken from the start. Everything else is Faust's
+code, unchanged (copied from 0.15.3, BSD-3-Clause).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, cast
+
+from faust.transport.consumer import CONSUMER_FETCHING
+
+
+class _Resumed:
+    """Awaitable that continues a coroutine which already yielded `first`
+    (the future it waits on) to whoever drives this awaitable."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self.coro, self.first
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # cancellation and the like go into the coroutine
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _finish(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
+    return await _Resumed(coro, first)
+
+
+async def deliver(coro: Coroutine[Any, Any, Any],
+                  slow: Callable[[Awaitable[Any]], Awaitable[Any]]) -> None:
+    """Run `coro` to its end: in place when it never suspends, else through
+    `slow(awaitable)` (the consumer's `wait_first` with the suspend-flow event)."""
+    try:
+        first = coro.send(None)
+    except StopIteration:
+        return
+    except BaseException:
+        coro.close()
+        raise
+    await slow(_finish(coro, first))
+
+
+async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover (the worker's tests run it)
+    callback = self.callback
+    getmany = self.getmany
+    consumer_should_stop = self._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
+    suspended = self.suspend_flow.is_set
+    crashed = self._crashed.is_set
+
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    flag_consumer_fetching = CONSUMER_FETCHING
+    set_flag = self.diag.set_flag
+    unset_flag = self.diag.unset_flag
+    commit_every = self._commit_every
+    acks_enabled_for = self.app.topics.acks_enabled_for
+
+    def slow(aw: Awaitable[Any]) -> Awaitable[Any]:
+        return cast(Awaitable[Any], self.wait_first(aw, self.suspend_flow.wait()))
+
+    yield_every = 100
+    num_since_yield = 0
+    sleep = asyncio.sleep
+
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            set_flag(flag_consumer_fetching)
+            ait = getmany(timeout=1.0)
+            await self.sleep(0)
+            if not self.should_stop:
+                async for tp, message in ait:
+                    num_since_yield += 1
+                    if num_since_yield > yield_every:
+                        await sleep(0)
+                        num_since_yield = 0
+
+                    offset = message.offset
+                    r_offset = get_read_offset(tp)
+                    if r_offset is None or offset >= r_offset:
+                        gap = offset - (r_offset or 0)
+                        if gap > 1 and r_offset:
+                            if acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                        if commit_every is not None:
+                            if self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                        if suspended() or consumer_should_stop() or crashed():
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                        else:
+                            await deliver(callback(message), slow)
+                        set_read_offset(tp, offset)
+                    else:
+                        self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
+                unset_flag(flag_consumer_fetching)
+
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            self.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            self.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception as exc:
+        self.log.exception("Drain messages raised: %r", exc)
+        raise
+    finally:
+        unset_flag(flag_consumer_fetching)
