@@ -65,6 +65,17 @@ def hysteresis(ep: list[Any] | None, sev: Severity | None, below_clear: bool, t:
     return ep, None
 
 
+def push_median(vals: list[float], x: float, k: int) -> float:
+    """Append `x` to the window `vals` (kept to its last `k`, in place) and
+    return the window's median (the mean of the middle two when even)."""
+    vals.append(x)
+    if len(vals) > k:
+        del vals[0]
+    s = sorted(vals)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
 def step_episode(st: State, sev: Severity | None, cleared: bool, t: float,
                  clear_after: int) -> tuple[str | None, Severity | None]:
     """`hysteresis` on the state's episode, keeping its start and severity in the
@@ -211,10 +222,7 @@ class _MedianLevel:
         st: State = state if state is not None else {"v": [], "t0": None, "ep": None}
         t = reading.ts.timestamp()
         vals: list[float] = st["v"]
-        vals.append(reading.value)
-        if len(vals) > self.k:
-            del vals[0]
-        med = sorted(vals)[len(vals) // 2] if len(vals) % 2 else sum(sorted(vals)[len(vals) // 2 - 1:len(vals) // 2 + 1]) / 2
+        med = push_median(vals, reading.value, self.k)
         levels = self.levels(self.cfg.site(reading.sensor_id))
         if scale != 1.0:
             levels = [(at * scale, s) for at, s in levels]

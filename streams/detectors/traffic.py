@@ -27,7 +27,7 @@ from schemas import Evidence, SensorReading, SensorType, Severity
 from streams.detectors.base import Signal, State
 from streams.detectors.config import DetectConfig, default_config
 from streams.detectors.localtime import LocalClock
-from streams.detectors.thresholds import _signal, step_episode
+from streams.detectors.thresholds import _signal, push_median, step_episode
 
 
 class TrafficCongestion:
@@ -62,12 +62,7 @@ class TrafficCongestion:
         st: State = state if state is not None else {"m": [0.0] * 24, "w": [0.0] * 24, "v": [], "ep": None}
         t = reading.ts.timestamp()
         x = float(reading.value)
-        vals: list[float] = st["v"]
-        vals.append(x)
-        if len(vals) > self.k:
-            del vals[0]
-        s = sorted(vals)
-        med = s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+        med = push_median(st["v"], x, self.k)
         i0, i1, w1 = self._bins(t)
         m, w = st["m"], st["w"]
         warm = w[i0] >= self.warm_weight and w[i1] >= self.warm_weight

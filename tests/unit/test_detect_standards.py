@@ -14,7 +14,7 @@ from schemas import SensorReading, Severity
 from streams.detectors.aqi import AirQualityThreshold, aqi, category, iaqi, severity_for_aqi
 from streams.detectors.config import load_config
 from streams.detectors.engine import DetectionEngine
-from streams.detectors.thresholds import GasThreshold, NoiseThreshold, WaterLevelThreshold
+from streams.detectors.thresholds import GasThreshold, NoiseThreshold, WaterLevelThreshold, push_median
 
 T0 = datetime(2025, 7, 1, 0, 0, tzinfo=UTC)  # 08:00 Asia/Shanghai
 LOC = {"district": "朝阳区", "street": "望京街道", "grid": "g-1", "lat": 39.99, "lon": 116.47}
@@ -234,3 +234,11 @@ def test_a_long_jam_is_not_learned_as_usual() -> None:
         st, out = det.step(st, r)
         kinds += [s.kind for s in out]
     assert kinds[0] == "open" and kinds.count("clear") == 1 and kinds[-1] == "clear"
+
+
+def test_push_median_keeps_the_last_k_and_takes_their_median() -> None:
+    window: list[float] = []
+    assert [push_median(window, x, 3) for x in (5.0, 1.0, 3.0, 10.0)] == [5.0, 3.0, 3.0, 3.0]
+    assert window == [1.0, 3.0, 10.0], "only the last k stay, in arrival order"
+    even: list[float] = []
+    assert [push_median(even, x, 4) for x in (2.0, 4.0)] == [2.0, 3.0]
