@@ -25,7 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
-from citybrain.kafka_security import KafkaSecurity, scram
+from citybrain.kafka_security import KafkaSecurity, scram, without_passwords
 from citybrain.supervisor import Supervisor
 from citybrain.topics import LIVE
 from schemas.common import COLOUR_ZH
@@ -43,21 +43,22 @@ def kafka_env(env: dict[str, str], principal: str) -> dict[str, str]:
     """The environment overrides that put a process on the local stack's SASL
     listener as `principal` ({} when the stack has no such listener: Kafka was
     given from outside, with its own settings)."""
+    sec = _principal(env, principal)
+    return {} if sec is None else {"KAFKA_BOOTSTRAP_SERVERS": env["KAFKA_SASL_BOOTSTRAP"], **sec.to_env()}
+
+
+def _principal(env: dict[str, str], principal: str) -> KafkaSecurity | None:
     sasl = env.get("KAFKA_SASL_BOOTSTRAP")
     password = env.get(f"KAFKA_{principal.upper()}_PASSWORD")
-    if not sasl or not password:
-        return {}
-    return {"KAFKA_BOOTSTRAP_SERVERS": sasl, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-            "KAFKA_SASL_MECHANISM": env.get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
-            "KAFKA_SASL_USERNAME": principal, "KAFKA_SASL_PASSWORD": password}
+    return scram(principal, password) if sasl and password else None
 
 
 def kafka_client(env: dict[str, str], principal: str) -> tuple[str, dict[str, Any]]:
     """(bootstrap, aiokafka kwargs) for the demo's own clients, as `principal`."""
-    over = kafka_env(env, principal)
-    if not over:
-        return env["KAFKA_BOOTSTRAP_SERVERS"], dict(KafkaSecurity().aiokafka_kwargs())
-    return over["KAFKA_BOOTSTRAP_SERVERS"], dict(scram(principal, over["KAFKA_SASL_PASSWORD"]).aiokafka_kwargs())
+    sec = _principal(env, principal)
+    if sec is None:
+        return env["KAFKA_BOOTSTRAP_SERVERS"], KafkaSecurity().aiokafka_kwargs()
+    return env["KAFKA_SASL_BOOTSTRAP"], sec.aiokafka_kwargs()
 
 
 async def _tail_alerts(env: dict[str, str], stop: asyncio.Event) -> None:
@@ -90,7 +91,7 @@ async def _run(args: argparse.Namespace) -> int:
         subprocess.run, [sys.executable, "-m", "citybrain.cli", "db", "migrate"], env=env, check=True
     )
     # the children's common environment carries no Kafka password: each gets its own principal's
-    base = {k: v for k, v in env.items() if not (k.startswith("KAFKA_") and k.endswith("_PASSWORD"))}
+    base = without_passwords(env)
     sup = Supervisor(ROOT / ".run" / "demo", base_env=base)
 
     def start(name: str, args_: list[str], extra: dict[str, str] | None = None) -> None:

@@ -17,6 +17,7 @@ AdminClient it builds, or `security.faust_credentials()` to `faust.App(broker_cr
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import SecretStr, model_validator
@@ -77,6 +78,17 @@ class KafkaSecurity(BaseSettings):
                       sasl_plain_password=self.sasl_password.get_secret_value())
         return kw
 
+    def to_env(self) -> dict[str, str]:
+        """The environment a child process reads these settings back from (ENV_VARS)."""
+        env: dict[str, str] = {"KAFKA_SECURITY_PROTOCOL": self.security_protocol,
+                               "KAFKA_SASL_MECHANISM": self.sasl_mechanism}
+        if self.sasl:
+            assert self.sasl_username is not None and self.sasl_password is not None
+            env.update(KAFKA_SASL_USERNAME=self.sasl_username, KAFKA_SASL_PASSWORD=self.sasl_password.get_secret_value())
+        if self.ssl_ca_file:
+            env["KAFKA_SSL_CA_FILE"] = self.ssl_ca_file
+        return env
+
     def faust_credentials(self) -> Any:
         """`broker_credentials` for faust.App (None on PLAINTEXT)."""
         import faust
@@ -88,6 +100,17 @@ class KafkaSecurity(BaseSettings):
         assert self.sasl_password is not None
         return faust.SASLCredentials(username=self.sasl_username, password=self.sasl_password.get_secret_value(),
                                      mechanism=self.sasl_mechanism, ssl_context=self.ssl_context())
+
+
+# the variables KafkaSecurity reads (to_env writes them)
+ENV_VARS = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
+            "KAFKA_SSL_CA_FILE")
+
+
+def without_passwords(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` less every Kafka principal's password (stack.env's KAFKA_<SERVICE>_PASSWORD
+    and KAFKA_SASL_PASSWORD): what a child gets before its own identity is added."""
+    return {k: v for k, v in env.items() if not (k.startswith("KAFKA_") and k.endswith("_PASSWORD"))}
 
 
 def scram(username: str, password: str, *, protocol: Protocol = "SASL_PLAINTEXT",

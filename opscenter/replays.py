@@ -39,6 +39,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from citybrain.errors import CityBrainError, ConfigError
+from citybrain.kafka_security import without_passwords
 from storage.replay_diff import RUN_RE, Scope, new_run_id, parse_speed
 
 log = logging.getLogger("citybrain.opscenter.replays")
@@ -165,8 +166,7 @@ class ReplayManager:
                    KAFKA_BOOTSTRAP_SERVERS=self.bootstrap, REPLAY_RUN_ROOT=str(Path(self.run_root).resolve()))
         if self.sasl:
             password = self.base_env[REPLAY_PASSWORD_VAR].strip()
-            for k in [k for k in env if k.startswith("KAFKA_") and k.endswith("_PASSWORD")]:
-                del env[k]  # the services' passwords (stack.env), the opscenter's own among them
+            env = without_passwords(env)  # the services' passwords (stack.env), the opscenter's own among them
             env.update(KAFKA_SASL_USERNAME=REPLAY_PRINCIPAL, KAFKA_SASL_PASSWORD=password)
         return env
 

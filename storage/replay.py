@@ -52,7 +52,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from citybrain.errors import ConfigError, ServiceError
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
-from citybrain.kafka_security import KafkaSecurity
+from citybrain.kafka_security import ENV_VARS as SECURITY_VARS
+from citybrain.kafka_security import KafkaSecurity, without_passwords
 from citybrain.topics import LIVE, Topics
 from storage.audit import append_audit
 from storage.db import connect
@@ -409,29 +410,13 @@ class _AlertCollector:
 
 # --- the worker child ---------------------------------------------------------
 
-def security_env(sec: KafkaSecurity) -> dict[str, str]:
-    """The environment a child reads `sec` back from (KafkaSecurity's own variables)."""
-    env: dict[str, str] = {"KAFKA_SECURITY_PROTOCOL": sec.security_protocol,
-                           "KAFKA_SASL_MECHANISM": sec.sasl_mechanism}
-    if sec.sasl:
-        assert sec.sasl_username is not None and sec.sasl_password is not None
-        env.update(KAFKA_SASL_USERNAME=sec.sasl_username, KAFKA_SASL_PASSWORD=sec.sasl_password.get_secret_value())
-    if sec.ssl_ca_file:
-        env["KAFKA_SSL_CA_FILE"] = sec.ssl_ca_file
-    return env
-
-
-_SECURITY_VARS = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
-                  "KAFKA_SSL_CA_FILE")
-
-
 def worker_env(base_env: Mapping[str, str], settings: ReplaySettings, req: ReplayRequest, partitions: int,
                data_dir: Path) -> dict[str, str]:
     """The replay worker's environment: the caller's, with the run's app id,
     topic prefix and data dir, and the engine's own Kafka identity (the
     `replay` principal on SASL), whatever the caller's environment said."""
-    env = {k: v for k, v in base_env.items() if k not in _SECURITY_VARS}
-    env.update(security_env(settings.kafka_security))
+    env = {k: v for k, v in without_passwords(base_env).items() if k not in SECURITY_VARS}
+    env.update(settings.kafka_security.to_env())
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
         WORKER_APP_ID=app_id(req.run),

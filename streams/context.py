@@ -80,7 +80,7 @@ class WorkerContext:
     dlq_topic: Any
     alerts_topic: Any
     extras: dict[str, Any] = field(default_factory=dict)  # per-module handles (tests, tools)
-    _dept_topics: dict[str, Any] = field(default_factory=dict)
+    _run_time_topics: dict[str, Any] = field(default_factory=dict)
     _topic_creator: TopicCreator | None = None
 
     @property
@@ -98,7 +98,7 @@ class WorkerContext:
     async def run_time_topic(self, name: str) -> Any:
         """A topic made at run time (a department's alert or ticket topic), created
         on first use with the pipeline's partition count and used only once served."""
-        if name not in self._dept_topics:
+        if name not in self._run_time_topics:
             delay = 1.0
             while True:  # blocking the stream beats losing the department's copy
                 try:
@@ -108,8 +108,8 @@ class WorkerContext:
                     log.warning("department topic %s not ready (%s); retrying in %.0f s", name, exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
-            self._dept_topics[name] = self.app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw")
-        return self._dept_topics[name]
+            self._run_time_topics[name] = self.app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw")
+        return self._run_time_topics[name]
 
     async def dead_letter(self, event: Any, reason: str, message: str, stage: str) -> None:
         msg = event.message

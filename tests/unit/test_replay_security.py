@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from citybrain.kafka_security import KafkaSecurity, scram
+from citybrain.kafka_security import ENV_VARS, KafkaSecurity, scram, without_passwords
 from citybrain.security_cli import SERVICES, Acl, Op, Pat, Res, _cmd_acls, replay_acls, service_acls
 from citybrain.topics import Topics
 from opscenter.replays import ReplayManager, ReplayPlan, Unavailable
@@ -172,3 +172,20 @@ def test_sasl_without_the_replay_password_refuses_before_starting(
 
 def test_without_a_replay_environment_the_reason_is_the_old_one() -> None:
     assert _manager(None).unavailable() == "this opscenter was started without replay support"
+
+
+# ------------------------------------------------------------------ the shared environment helpers
+def test_to_env_reads_back_as_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for sec in (scram("replay", "pw-r", protocol="SASL_SSL", ca_file="/ca.crt"), KafkaSecurity()):
+        for var in ENV_VARS:
+            monkeypatch.delenv(var, raising=False)
+        for k, v in sec.to_env().items():
+            monkeypatch.setenv(k, v)
+        assert KafkaSecurity() == sec
+
+
+def test_without_passwords_drops_every_principals_password_only() -> None:
+    env = {"KAFKA_ADMIN_PASSWORD": "a", "KAFKA_SASL_PASSWORD": "b", "KAFKA_SASL_USERNAME": "u",
+           "KAFKA_BOOTSTRAP_SERVERS": "h:1", "DATABASE_URL": "postgresql://u:p@h/db"}
+    assert without_passwords(env) == {"KAFKA_SASL_USERNAME": "u", "KAFKA_BOOTSTRAP_SERVERS": "h:1",
+                                      "DATABASE_URL": "postgresql://u:p@h/db"}
