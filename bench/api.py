@@ -37,7 +37,7 @@ import httpx
 import psutil
 from aiokafka import AIOKafkaProducer
 
-from bench.common import ROOT, conditions, percentile
+from bench.common import ROOT, conditions, drop_topics, percentile
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
 from citybrain.topics import Topics
 from opscenter.auth import TokenStore
@@ -231,6 +231,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 proc.kill()
         if not args.keep:
             await drop_schema(db, schema)
+            await drop_topics(bootstrap, prefix)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,11 +3,13 @@ the local services' pids, the machine's conditions."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 import psutil
+from aiokafka.admin import AIOKafkaAdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,3 +74,25 @@ def conditions() -> dict[str, object]:
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "python": sys.version.split()[0],
     }
+
+
+async def drop_topics(bootstrap: str, *prefixes: str) -> int:
+    """Delete a run's topics (its topic prefix, its app id's internal topics).
+
+    Why: a run leaves ~100 topics; a cluster that keeps them all grows to
+    thousands, and every whole-cluster metadata refresh a later run makes
+    (Faust asks for several at start-up) decodes all of them in pure Python.
+    Best effort: a failure here must not hide the run's figures."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        names = [t for t in await admin.list_topics() if t.startswith(prefixes)]
+        for i in range(0, len(names), 200):
+            await admin.delete_topics(names[i:i + 200])
+        return len(names)
+    except Exception as exc:  # reported, never raised: the figures matter more
+        print(f"bench: could not delete the run's topics ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()

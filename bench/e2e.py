@@ -35,7 +35,7 @@ import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import ProcStats, conditions, percentile, service_pids
+from bench.common import ProcStats, conditions, drop_topics, percentile, service_pids
 from citybrain.errors import ServiceError
 from citybrain.supervisor import WORKER_READY, Supervisor
 from citybrain.topics import Topics
@@ -315,6 +315,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 break
     finally:
         sup.stop_all()
+        await drop_topics(env["KAFKA_BOOTSTRAP_SERVERS"], prefix, f"bench-{tag}")
     good = [s for s in steps if passed(s)]
     best = max(good, key=lambda s: s["stored_per_s"]) if good else None
     at_10k = next((s for s in steps if s["offered_per_s"] == 10000), None)

@@ -40,7 +40,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import ROOT, ProcStats, conditions, percentile, service_pids
+from bench.common import ROOT, ProcStats, conditions, drop_topics, percentile, service_pids
 from bench.faults_stack import free_port
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
 from citybrain.supervisor import Supervisor
@@ -462,6 +462,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         sup.stop_all()
         await asyncio.to_thread(forget_session, env["MQTT_URL"], env["CONNECTOR_CLIENT_ID"])
+        await drop_topics(env["KAFKA_BOOTSTRAP_SERVERS"], topics.prefix)
     results["lost"] = sum(s["lost"] for s in steps)
     results["steps"] = steps
     results["conditions"] = conditions() | {

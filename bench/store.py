@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from bench.common import conditions
+from bench.common import conditions, drop_topics
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
 from citybrain.topics import Topics
 from schemas import SensorReading, reading_event_id
@@ -136,6 +136,7 @@ async def bench_kafka(database_url: str, bootstrap: str, schema: str, runs: int,
         last = time.perf_counter()
         stop.set()
         await task
+        await drop_topics(bootstrap, topics.prefix)
         # the first batch is inside the window's start: count rows after it
         first_batch = min(batch, n)
         rates.append((n - first_batch) / (last - (first or last)) if first and last > first else float("nan"))

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
-from bench.common import ROOT, conditions
+from bench.common import ROOT, conditions, drop_topics
 from citybrain.errors import ServiceError
 from citybrain.kafka_admin import ensure_topics, pipeline_topics
 from citybrain.partitioner import CachedKeyPartitioner
@@ -129,6 +129,7 @@ async def one_run(args: argparse.Namespace, records: list[tuple[bytes, bytes]], 
     finally:
         await admin.close()
         sup.stop_all(timeout=90 if args.profile else 20)  # a profiled worker is slow to stop
+        await drop_topics(bootstrap, prefix, app_id)
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
