@@ -43,8 +43,8 @@ from typing import Any
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from pydantic import AliasChoices, Field, SecretStr
@@ -57,6 +57,7 @@ from citybrain.kafka_security import KafkaSecurity, without_passwords
 from citybrain.topics import LIVE, Topics
 from storage.audit import append_audit
 from storage.db import connect
+from storage.kafka_topics import ensure_control_topic
 from storage.replay_diff import AlertView, ReplayDiff, Scope, check_run, diff_alerts, keep_latest
 
 log = logging.getLogger("citybrain.storage.replay")
@@ -283,16 +284,6 @@ async def live_partitions(bootstrap: str, client_kwargs: ClientKwargs = None) ->
             if t.get("topic") == LIVE.readings and not t.get("error_code") and t.get("partitions"):
                 return len(t["partitions"])
     return DEFAULT_PARTITIONS
-
-
-async def ensure_control_topic(bootstrap: str, name: str, client_kwargs: ClientKwargs = None) -> None:
-    """The emergency-mode topic as the worker makes it (one partition,
-    compacted), made ahead so its first seconds are not spent on errors.
-    The run starts in normal mode: mode switches are not recorded."""
-    async with _admin(bootstrap, client_kwargs) as admin:
-        if name not in set(await admin.list_topics()):
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})])
 
 
 async def wait_for_leaders(bootstrap: str, names: list[str], timeout_s: float = 30,

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from citybrain.dlq import decode_headers
 from schemas import Alert, AlertAction, HotlineEvent, Incident, SensorReading
@@ -38,6 +39,7 @@ TICKET_COLUMNS = ("ticket_id", "revision", "change", "category", "urgency", "sta
                   "lat", "lon", "departments", "created", "first_contact_by", "resolve_by", "responded_at",
                   "resolved_at", "overdue", "satisfaction", "mode", "updated", "payload")
 KPI_COLUMNS = ("scope", "period", "revision", "response_rate", "resolution_rate", "satisfaction_rate", "counts")
+MODE_COLUMNS = ("ts", "event_id", "scope", "mode", "actor", "actor_department", "comment", "payload")
 DLQ_COLUMNS = ("at", "dlq_topic", "dlq_partition", "dlq_offset", "reason", "message", "source", "component",
                "stage", "record_key", "size_bytes")
 
@@ -67,6 +69,26 @@ def alert_row(a: Alert) -> Row:
 def action_row(a: AlertAction) -> Row:
     return (a.ts, a.event_id, a.alert_id, a.action.value, a.actor, a.actor_department, a.comment,
             a.target_department, a.satisfaction)
+
+
+class ModeSwitchRecord(BaseModel):
+    """A switch on `city.control.mode` as the opscenter publishes it (streams.emergency.ModeSwitch):
+    recorded so a replay can switch at the same event time."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: str = Field(min_length=1, max_length=128)
+    scope: str = Field(min_length=1, max_length=200)
+    mode: Literal["normal", "emergency"]
+    actor: str = Field(min_length=1, max_length=64)
+    actor_department: str | None = None
+    ts: AwareDatetime
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+def mode_row(m: ModeSwitchRecord) -> Row:
+    return (m.ts, m.event_id, m.scope, m.mode, m.actor, m.actor_department, m.comment,
+            m.model_dump_json(exclude_none=True))
 
 
 def incident_row(i: Incident) -> Row:
@@ -187,6 +209,8 @@ SPECS: dict[str, TableSpec] = {
     "incidents": TableSpec("incidents", "incidents", INCIDENT_COLUMNS, Incident, incident_row, ()),
     "tickets": TableSpec("tickets", "hotline_tickets", TICKET_COLUMNS, TicketRecord, ticket_row, ()),
     "kpi": TableSpec("kpi", "hotline_kpi", KPI_COLUMNS, KpiRecord, kpi_row, ()),
+    "modes": TableSpec("modes", "mode_switches", MODE_COLUMNS, ModeSwitchRecord, mode_row,
+                       (("mode_switches", 0),)),
     "dlq": TableSpec("dlq", "dlq_index", DLQ_COLUMNS, None, None, (("dlq_index", 0),)),
 }
 
@@ -199,4 +223,4 @@ def partition_probes(rows: list[Row], index: int) -> list[datetime]:
     return [datetime(d.year, d.month, d.day, tzinfo=UTC) for d in sorted(days)]
 
 
-__all__ = ["SPECS", "Row", "TableSpec", "partition_probes"]
+__all__ = ["SPECS", "ModeSwitchRecord", "Row", "TableSpec", "partition_probes"]

@@ -51,6 +51,7 @@ from citybrain.topics import Topics
 from schemas.common import now_utc
 from storage import errors
 from storage.db import Flavor, connect, current_flavor
+from storage.kafka_topics import ensure_control_topic
 from storage.rows import READING_COLUMNS, SPECS, Row, TableSpec, dlq_row, partition_probes
 
 log = logging.getLogger("citybrain.storage.writer")
@@ -74,7 +75,8 @@ class WriterSettings(BaseSettings):
     db_schema: str = "public"
     group_id: str = "citybrain-storage"
     client_id: str = "citybrain-storage-writer"
-    kinds: tuple[str, ...] = ("readings", "hotline", "alerts", "actions", "incidents", "tickets", "kpi", "dlq")
+    kinds: tuple[str, ...] = ("readings", "hotline", "alerts", "actions", "incidents", "tickets", "kpi", "modes",
+                              "dlq")
     batch_size: int = Field(default=5000, ge=1)
     db_connections: int = Field(default=2, ge=1, le=32,
                                 description="parts of a batch merged concurrently (split by Kafka partition)")
@@ -93,7 +95,7 @@ class WriterSettings(BaseSettings):
     def topic_kinds(self) -> dict[str, str]:
         t = self.topics
         by_kind = {"readings": t.readings, "hotline": t.hotline, "alerts": t.alerts, "actions": t.actions_applied,
-                   "incidents": t.incidents, "tickets": t.hotline_tickets, "kpi": t.kpi, "dlq": t.dlq}
+                   "incidents": t.incidents, "tickets": t.hotline_tickets, "kpi": t.kpi, "modes": t.control_mode, "dlq": t.dlq}
         return {by_kind[k]: k for k in self.kinds}
 
 
@@ -246,6 +248,9 @@ class StorageWriter:
         # missing topic only notices it at its next metadata refresh (minutes)
         await ensure_topics(s.kafka_bootstrap_servers, pipeline_topics(s.topics, 4),
                             client_kwargs=s.kafka_security.aiokafka_kwargs())
+        if "modes" in s.kinds:  # made as the worker makes it: one partition, compacted
+            await ensure_control_topic(s.kafka_bootstrap_servers, s.topics.control_mode,
+                                       s.kafka_security.aiokafka_kwargs())
         self._consumer = AIOKafkaConsumer(
             *self._topic_kinds,
             **s.kafka_security.aiokafka_kwargs(),
