@@ -94,6 +94,35 @@ _HINTS = {
 
 
 @dataclass(frozen=True, slots=True)
+class HoldPolicy:
+    """On the event clock (replay) an action whose alert the lifecycle has not
+    seen yet is held, not refused: the replay publishes the recorded actions
+    beside the readings, and the detection of the alert may reach the
+    lifecycle after the action (another topic, another partition). It waits
+    until its alert arrives, at most `unknown_s` of event time past its own
+    time (then refused as `unknown_alert`, as live), and at most `max_held`
+    actions wait at once (beyond that the next one is refused at once).
+    policy.yaml: `lifecycle: {hold_unknown: 15m, max_held: 10000}`."""
+
+    unknown_s: float = 900.0
+    max_held: int = 10_000
+
+    @classmethod
+    def from_yaml(cls, node: Any, where: Where, line: int) -> HoldPolicy:
+        m = where.mapping(node, line, "lifecycle", ("hold_unknown", "max_held"))
+        out = cls()
+        if "hold_unknown" in m:
+            out = cls(where.duration_s(m["hold_unknown"], m.line_of("hold_unknown"), "lifecycle: hold_unknown"),
+                      out.max_held)
+        if "max_held" in m:
+            n = m["max_held"]
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise where.err(m.line_of("max_held"), f"lifecycle: max_held must be a whole number >= 0, got {n!r}")
+            out = cls(out.unknown_s, n)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """Everything in policy.yaml, each section owned by its module."""
 
@@ -102,15 +131,16 @@ class Policy:
     emergency: EmergencyPolicy = field(default_factory=EmergencyPolicy)
     hotline: HotlinePolicy = field(default_factory=HotlinePolicy)
     incidents: IncidentPolicy = field(default_factory=IncidentPolicy)
+    lifecycle: HoldPolicy = field(default_factory=HoldPolicy)
 
 
 def parse_policy(data: Any, name: str) -> Policy:
     where = Where(name)
     top = where.mapping(data, 1, "policy file",
-                        ("version", "alerting", "escalation", "emergency", "hotline", "incidents"))
+                        ("version", "alerting", "escalation", "emergency", "hotline", "incidents", "lifecycle"))
     kw: dict[str, Any] = {}
     for key, cls in (("alerting", AlertPolicy), ("escalation", EscalationPolicy), ("emergency", EmergencyPolicy),
-                     ("hotline", HotlinePolicy), ("incidents", IncidentPolicy)):
+                     ("hotline", HotlinePolicy), ("incidents", IncidentPolicy), ("lifecycle", HoldPolicy)):
         if key in top:
             kw[key] = cls.from_yaml(top[key], where, top.line_of(key))  # type: ignore[attr-defined]
     return Policy(**kw)
@@ -464,3 +494,69 @@ class Lifecycle:
             return state is None
         last = datetime.fromisoformat(state["history"][-1]["at"])
         return (now - last).total_seconds() >= retention_s
+
+
+# ---------------------------------------------------------------------- held actions
+# In replay (the event clock) an action on an alert not seen yet waits for its
+# alert instead of being refused (HoldPolicy). The waiting room is data: a
+# dict alert_id -> list of entries in arrival order, each entry a JSON-able
+# dict {"ts": iso (the action's event time), "event_id", "value": the record
+# as it arrived (text), "src": [topic, partition, offset] (for the DLQ)}.
+# Functions return new dicts and never mutate their input.
+
+Held = dict[str, list[dict[str, Any]]]
+
+
+def held_count(held: Mapping[str, list[dict[str, Any]]]) -> int:
+    return sum(len(v) for v in held.values())
+
+
+def hold(held: Held, action: AlertAction, entry: Mapping[str, Any], policy: HoldPolicy) -> tuple[Held, bool]:
+    """Put `entry` (an action on an alert not seen yet) in the waiting room.
+    Returns (the new room, whether it is held): False when the room is full
+    (refuse it now, `unknown_alert`). A redelivered action (same event_id)
+    is held once."""
+    waiting = held.get(action.alert_id, [])
+    if any(e["event_id"] == action.event_id for e in waiting):
+        return held, True
+    if held_count(held) >= policy.max_held:
+        return held, False
+    item = {**entry, "ts": _iso(action.ts), "event_id": action.event_id}
+    return {**held, action.alert_id: [*waiting, item]}, True
+
+
+def release(held: Held, alert_id: str) -> tuple[Held, list[dict[str, Any]]]:
+    """The actions waiting for `alert_id` (it has arrived), in event-time order
+    (arrival order among equal times), and the room without them."""
+    waiting = held.get(alert_id)
+    if not waiting:
+        return held, []
+    rest = {k: v for k, v in held.items() if k != alert_id}
+    return rest, sorted(waiting, key=lambda e: datetime.fromisoformat(e["ts"]))
+
+
+def expire(held: Held, now: datetime, policy: HoldPolicy) -> tuple[Held, list[tuple[str, dict[str, Any]]]]:
+    """Actions whose alert did not come while the event-time clock moved
+    `policy.unknown_s` past their own time: (the room without them, the
+    (alert_id, entry) pairs to refuse as `unknown_alert`), oldest first."""
+    limit = timedelta(seconds=policy.unknown_s)
+    gone: list[tuple[str, dict[str, Any]]] = []
+    out: Held = {}
+    for alert_id, waiting in held.items():
+        keep = []
+        for e in waiting:
+            if now - datetime.fromisoformat(e["ts"]) > limit:
+                gone.append((alert_id, e))
+            else:
+                keep.append(e)
+        if keep:
+            out[alert_id] = keep
+    if not gone:
+        return held, []
+    gone.sort(key=lambda p: datetime.fromisoformat(p[1]["ts"]))
+    return out, gone
+
+
+def unknown_alert_message(action_kind: str, alert_id: str, waited_s: float) -> str:
+    return (f"{action_kind} on {alert_id}: no such alert (held {waited_s:.0f} s of event time in replay, "
+            "its alert never came)")

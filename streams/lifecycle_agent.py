@@ -26,10 +26,11 @@ import asyncio
 import contextlib
 import heapq
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import orjson
@@ -38,7 +39,18 @@ from pydantic import ValidationError
 from schemas import Alert, AlertAction, AlertStatus
 from streams.context import WorkerContext
 from streams.escalation import Notice
-from streams.lifecycle import OPEN_STATES, Lifecycle, Rejection, Step
+from streams.lifecycle import (
+    OPEN_STATES,
+    Held,
+    HoldPolicy,
+    Lifecycle,
+    Rejection,
+    Step,
+    expire,
+    hold,
+    release,
+    unknown_alert_message,
+)
 
 log = logging.getLogger("citybrain.streams.lifecycle")
 
@@ -50,18 +62,28 @@ class Outcome:
     alerts: list[Alert] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
     rejection: Rejection | None = None
+    held: bool = False  # an action waiting for its alert (event clock only): nothing to publish yet
+
+
+Source = tuple[str, int, int]  # topic, partition, offset of an input record (for the DLQ)
 
 
 class LifecycleCore:
     """State-as-data around `Lifecycle`: a dict of alert_id -> state JSON bytes
     (the Faust table's data, or a plain dict in tests) and the due-time index."""
 
-    def __init__(self, lifecycle: Lifecycle, store: Any, retention_s: float = 7 * 86400) -> None:
+    def __init__(self, lifecycle: Lifecycle, store: Any, retention_s: float = 7 * 86400,
+                 hold_policy: HoldPolicy | None = None) -> None:
         self.lc = lifecycle
         self.store = store  # MutableMapping[bytes, bytes]
         self.retention_s = retention_s  # a finished alert (cleared, resolved, closed) quiet this long is dropped
         self._heap: list[tuple[datetime, bytes]] = []
         self._due: dict[bytes, datetime] = {}
+        # None (live, the wall clock): an action on an unknown alert is refused at once. On the
+        # event clock (replay) it waits for its alert (streams.lifecycle.hold), in memory only:
+        # a replay worker is started afresh for its run
+        self.hold_policy = hold_policy
+        self.held: Held = {}
 
     # ------------------------------------------------------------------ index
 
@@ -104,10 +126,36 @@ class LifecycleCore:
 
     # ------------------------------------------------------------------ inputs
 
-    def apply(self, kind: Kind, key: bytes, value: bytes, now: datetime, partition: int) -> tuple[Outcome, bytes | None]:
+    def holds_for(self, key: bytes) -> bool:
+        """Whether an action on `key` would be held now (event clock, alert not seen yet)."""
+        return self.hold_policy is not None and not self.store.get(key)
+
+    def release(self, key: bytes) -> list[dict[str, Any]]:
+        """The held actions of an alert that has just arrived, in event-time order
+        (each: "value" as it arrived, "src" topic/partition/offset, "ts", "event_id")."""
+        self.held, out = release(self.held, key.decode("utf-8", "replace"))
+        return out
+
+    def expire_held(self, now: datetime) -> list[tuple[bytes, dict[str, Any], Rejection]]:
+        """Held actions whose alert did not come in time: refuse them as live would."""
+        if self.hold_policy is None or not self.held:
+            return []
+        self.held, gone = expire(self.held, now, self.hold_policy)
+        out = []
+        for alert_id, e in gone:
+            kind = str(orjson.loads(e["value"]).get("action", "action"))
+            waited = (now - datetime.fromisoformat(e["ts"])).total_seconds()
+            out.append((alert_id.encode(), e, Rejection("unknown_alert", unknown_alert_message(kind, alert_id,
+                                                                                               waited))))
+        return out
+
+    def apply(self, kind: Kind, key: bytes, value: bytes, now: datetime, partition: int,
+              source: Source | None = None) -> tuple[Outcome, bytes | None]:
         """One input record. Returns (what to publish, the new state bytes to
         changelog or None when the state did not change). Raises
-        ValidationError for a payload that is not an Alert / AlertAction."""
+        ValidationError for a payload that is not an Alert / AlertAction.
+        On the event clock an action on an alert not seen yet is held
+        (`Outcome.held`); `release(key)` gives it back once the alert came."""
         prev = self._load(key)
         step: Step
         new: dict[str, Any] | None
@@ -119,6 +167,11 @@ class LifecycleCore:
             if action.alert_id.encode() != key:
                 return Outcome(rejection=Rejection("invalid_action", f"key {key!r} is not the action's alert_id "
                                                    f"{action.alert_id!r}")), None
+            if prev is None and self.hold_policy is not None:
+                entry = {"value": value.decode("utf-8", "replace"), "src": list(source) if source else None}
+                self.held, held = hold(self.held, action, entry, self.hold_policy)
+                if held:
+                    return Outcome(held=True), None
             new, step = self.lc.on_action(prev, action)
         out = Outcome(step.alerts, step.notices, step.rejection)
         if new is None or new is prev or step.duplicate or step.rejection is not None:
@@ -164,10 +217,20 @@ class LifecycleCore:
         return out
 
 
+def held_event(key: bytes, entry: Mapping[str, Any]) -> Any:
+    """A held action as the DLQ helper reads an event (`.message` with topic,
+    partition, offset, key, value): the record it arrived as."""
+    topic, partition, offset = entry.get("src") or ("", -1, -1)
+    return SimpleNamespace(message=SimpleNamespace(topic=topic, partition=partition, offset=offset, key=key,
+                                                   value=str(entry["value"]).encode()))
+
+
 def register(ctx: WorkerContext) -> None:
     app, s = ctx.app, ctx.settings
     table = app.Table("alert-state", key_type=bytes, value_type=bytes, partitions=s.partitions)
-    core = LifecycleCore(Lifecycle(ctx.rules, ctx.policy), table.data, s.alert_retention_s)
+    # on the event clock (replay) an action may come before its alert's replayed detection: it waits
+    hold_policy = ctx.policy.lifecycle if ctx.clock.kind == "event" else None
+    core = LifecycleCore(Lifecycle(ctx.rules, ctx.policy), table.data, s.alert_retention_s, hold_policy)
     lock = asyncio.Lock()  # one writer of the alert states at a time: the agents or the timer
     detected_name = ctx.topics.alerts_detected
 
@@ -199,46 +262,65 @@ def register(ctx: WorkerContext) -> None:
                 # body None: a tombstone, as Faust's own table deletion sends
                 table.send_changelog(partition, key, body, value_serializer="raw")
                 await emit(outcome)
+            await expire_held()
+
+    async def step(kind: Kind, event: Any, key: bytes | None, value: bytes, partition: int) -> None:
+        """One record (under the lock): apply it, dead-letter a refusal, changelog, publish.
+        A detection that makes an alert known releases the actions held for it."""
+        try:
+            if key is None:
+                raise ValueError("a record without a key (alert_id)")
+            # live, a record is applied at the wall clock (SLA clocks start at dispatch);
+            # on the event clock (replay) at its own event time (a detection's last_seen,
+            # an action's ts), not at the worker-wide maximum, which depends on how the
+            # partitions interleave: the replay dispatches and escalates as live did
+            at = ctx.clock.now()
+            # an action held for its alert moves no clock: it has not happened here yet
+            if ctx.clock.kind == "event" and not (kind == "action" and core.holds_for(key)):
+                ts = orjson.loads(value).get("last_seen" if kind == "detected" else "ts")
+                if isinstance(ts, str):
+                    at = datetime.fromisoformat(ts)
+                ctx.clock.observe(at)
+                # timers due before this record fire before it, whatever else ran ahead
+                for due_key, due_partition, due, due_body in core.tick(at, owned):
+                    table.send_changelog(due_partition, due_key, due_body, value_serializer="raw")
+                    await emit(due)
+            msg = event.message
+            outcome, body = core.apply(kind, key, value, at, partition, (msg.topic, msg.partition, msg.offset))
+        except (ValidationError, ValueError, orjson.JSONDecodeError) as exc:
+            text = exc.errors(include_url=False)[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            await ctx.dead_letter(event, f"invalid_{'alert' if kind == 'detected' else 'action'}",
+                                  str(text), "lifecycle")
+            return
+        except Exception as exc:  # one bad record must not stop or silently ack the stream
+            log.exception("lifecycle failed")
+            await ctx.dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}", "lifecycle")
+            return
+        if outcome.held:
+            return
+        if outcome.rejection is not None:
+            await ctx.dead_letter(event, outcome.rejection.reason, outcome.rejection.message, "lifecycle")
+            return
+        if body is not None:
+            assert key is not None
+            table.send_changelog(partition, key, body)
+            if kind == "action":
+                await ctx.publish_applied_action(key, value)
+        await emit(outcome)
+        if kind == "detected" and body is not None and core.held:
+            assert key is not None
+            for entry in core.release(key):
+                await step("action", held_event(key, entry), key, entry["value"].encode(), partition)
+
+    async def expire_held() -> None:
+        for key, entry, rejection in core.expire_held(ctx.clock.now()):
+            await ctx.dead_letter(held_event(key, entry), rejection.reason, rejection.message, "lifecycle")
 
     async def handle(kind: Kind, events: list[Any]) -> None:
         async with lock:
             for event in events:
                 msg = event.message
-                try:
-                    if msg.key is None:
-                        raise ValueError("a record without a key (alert_id)")
-                    # live, a record is applied at the wall clock (SLA clocks start at dispatch);
-                    # on the event clock (replay) at its own event time (a detection's last_seen,
-                    # an action's ts), not at the worker-wide maximum, which depends on how the
-                    # partitions interleave: the replay dispatches and escalates as live did
-                    at = ctx.clock.now()
-                    if ctx.clock.kind == "event":
-                        ts = orjson.loads(msg.value).get("last_seen" if kind == "detected" else "ts")
-                        if isinstance(ts, str):
-                            at = datetime.fromisoformat(ts)
-                        ctx.clock.observe(at)
-                        # timers due before this record fire before it, whatever else ran ahead
-                        for key, partition, due, due_body in core.tick(at, owned):
-                            table.send_changelog(partition, key, due_body, value_serializer="raw")
-                            await emit(due)
-                    outcome, body = core.apply(kind, msg.key, msg.value, at, msg.partition)
-                except (ValidationError, ValueError, orjson.JSONDecodeError) as exc:
-                    text = exc.errors(include_url=False)[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-                    await ctx.dead_letter(event, f"invalid_{'alert' if kind == 'detected' else 'action'}",
-                                          str(text), "lifecycle")
-                    continue
-                except Exception as exc:  # one bad record must not stop or silently ack the stream
-                    log.exception("lifecycle failed")
-                    await ctx.dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}", "lifecycle")
-                    continue
-                if outcome.rejection is not None:
-                    await ctx.dead_letter(event, outcome.rejection.reason, outcome.rejection.message, "lifecycle")
-                    continue
-                if body is not None:
-                    table.send_changelog(msg.partition, msg.key, body)
-                    if kind == "action":
-                        await ctx.publish_applied_action(msg.key, msg.value)
-                await emit(outcome)
+                await step(kind, event, msg.key, msg.value, msg.partition)
         if ctx.clock.kind == "event":
             await run_due()  # event time moves only with records: tick right after them
 
@@ -279,11 +361,17 @@ class LifecycleHandles:
     run_due: Any
 
 
+def mode_group(app_id: str) -> str:
+    """The consumer group whose committed offset on the control topic says how far
+    an event-clock (replay) worker's mode board has applied the switches."""
+    return f"{app_id}-mode"
+
+
 def register_mode_board(ctx: WorkerContext) -> None:
     """Every worker reads the whole compacted `city.control.mode` topic (the
     latest switch per scope) and follows it; detection stamps the mode of the
     alert's area into its evidence."""
-    from aiokafka import AIOKafkaConsumer
+    from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -303,30 +391,52 @@ def register_mode_board(ctx: WorkerContext) -> None:
         finally:
             await admin.close()
 
+    def apply_switch(value: bytes, offset: int) -> None:
+        try:
+            sw = ModeSwitch.from_dict(orjson.loads(value))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("mode switch at offset %d ignored: %s", offset, exc)
+            return
+        new, res = switch(ctx.modes.state, sw, ctx.modes.geo)
+        if not res.accepted:
+            log.warning("mode switch %s refused: %s", sw.event_id, res.message)
+            return
+        ctx.modes.state = new
+        if res.changed:
+            log.warning("mode: %s is now %s (by %s)", sw.scope, sw.mode, sw.actor)
+
+    # On the event clock (replay) the board also commits, as group `<app id>-mode`, the offset up
+    # to which it has applied the switches: the replay engine publishes the recorded switches
+    # between the readings and waits for that before it goes on (storage.replay), so the
+    # readings after a switch are detected under it and the ones before it are not.
+    replay = ctx.clock.kind == "event"
+    group = mode_group(s.app_id)
+    tp = TopicPartition(name, 0)
+
     @ctx.app.task
     async def follow_mode() -> None:
         while True:
             consumer = None
             try:
                 await ensure()
-                consumer = AIOKafkaConsumer(name, bootstrap_servers=s.kafka_bootstrap_servers, group_id=None,
-                                            auto_offset_reset="earliest", enable_auto_commit=False,
-                                            metadata_max_age_ms=5000, client_id=f"{s.app_id}-mode",
-                                            **s.kafka_security.aiokafka_kwargs())
-                await consumer.start()
+                if replay:
+                    # the whole topic, and the offset it has applied committed for the replay engine
+                    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers, group_id=group,
+                                                enable_auto_commit=False, metadata_max_age_ms=5000,
+                                                client_id=f"{s.app_id}-mode", **s.kafka_security.aiokafka_kwargs())
+                    await consumer.start()
+                    consumer.assign([tp])
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer = AIOKafkaConsumer(name, bootstrap_servers=s.kafka_bootstrap_servers, group_id=None,
+                                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                                metadata_max_age_ms=5000, client_id=f"{s.app_id}-mode",
+                                                **s.kafka_security.aiokafka_kwargs())
+                    await consumer.start()
                 async for m in consumer:
-                    try:
-                        sw = ModeSwitch.from_dict(orjson.loads(m.value))
-                    except (ValueError, KeyError, TypeError) as exc:
-                        log.warning("mode switch at offset %d ignored: %s", m.offset, exc)
-                        continue
-                    new, res = switch(ctx.modes.state, sw, ctx.modes.geo)
-                    if not res.accepted:
-                        log.warning("mode switch %s refused: %s", sw.event_id, res.message)
-                        continue
-                    ctx.modes.state = new
-                    if res.changed:
-                        log.warning("mode: %s is now %s (by %s)", sw.scope, sw.mode, sw.actor)
+                    apply_switch(m.value, m.offset)
+                    if replay:
+                        await consumer.commit({tp: m.offset + 1})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Kafka away: keep the last known modes and try again

@@ -68,14 +68,14 @@ class Worker:
     clock: Clock
 
 
-@pytest.fixture
-def worker(tmp_path: Path) -> Iterator[Worker]:
+def make_worker(tmp_path: Path, **settings_kw: Any) -> Iterator[Worker]:
     clock = Clock()
     settings = WorkerSettings(  # type: ignore[call-arg]
         KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",  # never contacted: test_context bypasses the broker
         app_id=f"agent-test-{tmp_path.name}",
         data_dir=str(tmp_path / "faust"),
         batch_within_s=0.001,
+        **settings_kw,
     )
     app = create_app(settings, clock=clock)
     app.finalize()
@@ -89,3 +89,8 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
     ctx.publish_detected = rec.publish_detected  # type: ignore[method-assign]
     ctx.extras["detect"].changelog.send = rec.send_changelog
     yield Worker(app, ctx, rec, clock)
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[Worker]:
+    yield from make_worker(tmp_path)

@@ -3,10 +3,14 @@ actions in, current alerts and dead letters out, timers from the index."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
+
+import pytest
 
 from schemas import Alert, AlertStatus, Evidence, Location, Severity
-from tests.agents.conftest import Worker
+from tests.agents.conftest import Worker, make_worker
 
 
 def water_alert(w: Worker, level: float = 3.8, revision: int = 1, severity: Severity = Severity.II) -> Alert:
@@ -76,3 +80,41 @@ async def test_unacknowledged_alert_escalates_when_due(worker: Worker) -> None:
     assert sorted(n["kind"] for n in worker.rec.notices) == ["escalated", "raised", "reminder"]
     (esc,) = [n for n in worker.rec.notices if n["kind"] == "escalated"]
     assert esc["added_department"] == "district.chaoyang"
+
+
+@pytest.fixture
+def replay_worker(tmp_path: Path) -> Iterator[Worker]:
+    """The worker as a replay runs it: the event clock, held actions waiting at most 10 event minutes."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nlifecycle: {hold_unknown: 10m}\n", encoding="utf-8")
+    yield from make_worker(tmp_path, clock="event", policy_file=str(policy))
+
+
+async def test_event_clock_holds_an_action_until_its_alert_arrives(replay_worker: Worker) -> None:
+    w = replay_worker
+    h = w.ctx.extras["lifecycle"]
+    t0 = w.clock.now
+    w.clock.now = t0 + timedelta(minutes=2)
+    early_ack = action("ack", "water", "e-ack", w)  # at t0 + 2 min, before its alert reached the lifecycle
+    w.clock.now = t0 + timedelta(minutes=1)
+    orphan = action("ack", "water", "e-orphan", w).replace(b"a-agent-1", b"a-never")
+    async with h.actions_agent.test_context() as agent:
+        await agent.put(value=early_ack, key=b"a-agent-1")
+        await agent.put(value=orphan, key=b"a-never")
+    assert w.rec.dead == [] and w.rec.applied == [] and w.rec.published == [], "held, not refused"
+    assert w.ctx.clock.now() < t0 + timedelta(minutes=1), "a held action moves no clock"
+
+    w.clock.now = t0
+    async with h.detected_agent.test_context() as agent:
+        await agent.put(value=water_alert(w).to_json(), key=b"a-agent-1")
+    assert w.rec.applied == [b"e-ack"], "applied once its alert came"
+    assert [a.status for a in w.rec.published] == [AlertStatus.DISPATCHED, AlertStatus.ACKNOWLEDGED]
+    assert w.rec.published[-1].evidence.details["lifecycle"]["last"]["at"] == (t0 + timedelta(minutes=2)).isoformat()
+    assert w.rec.dead == []
+
+    # the event clock moves 10 min past the orphan's time (t0 + 1 min): refused as live would
+    w.clock.now = t0 + timedelta(minutes=11, seconds=1)
+    async with h.detected_agent.test_context() as agent:
+        await agent.put(value=water_alert(w, revision=2).to_json(), key=b"a-agent-1")
+    assert [(k, reason) for k, reason, _ in w.rec.dead] == [(b"a-never", "unknown_alert")]
+    assert "held 601 s of event time" in w.rec.dead[0][2]
