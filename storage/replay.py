@@ -1,6 +1,7 @@
 """Incident replay: recorded readings and hotline events of a time range,
-out of PostgreSQL in event-time order, through an isolated worker, and the
-alerts it produces compared with the alerts that were recorded.
+with the operator actions and emergency mode switches recorded in it, out of
+PostgreSQL in event-time order, through an isolated worker, and the alerts it
+produces compared with the alerts that were recorded.
 
 Isolation: the run's records go to `replay.<run>.*` topics (never a live
 one), the worker is a child process with its own Faust app id
@@ -18,8 +19,14 @@ every client the engine makes and the worker it starts use that identity.
 Determinism: rows are read in (ts, key, event_id) order through a server-side
 cursor and published keyed like live (readings by sensor_id, hotline events
 by ticket_id) into as many partitions as the live topics have, so each sensor
-sees the same sequence of readings as it did live. The pure comparison lives
-in `storage.replay_diff`.
+sees the same sequence of readings as it did live. Actions (`alert_actions`,
+keyed by alert_id like live) and switches (`mode_switches`) go to the run's
+action and control topics at their event time, each group of them behind a
+barrier (`_Barrier`): the worker has handled everything before it, and has
+applied it before anything after it goes out. An action that still reaches
+the lifecycle before its alert is held there until the alert comes
+(streams.lifecycle.hold, event clock only). The pure comparison lives in
+`storage.replay_diff`.
 """
 
 from __future__ import annotations
@@ -113,6 +120,8 @@ class ReplayOutcome:
     run_dir: Path
     readings: int = 0
     hotline: int = 0
+    actions: int = 0  # recorded operator actions republished
+    modes: int = 0  # recorded mode switches republished
     publish_s: float = 0.0  # reading the range and publishing it
     detect_s: float = 0.0  # from the start of the run until the worker had committed every reading
     total_s: float = 0.0
@@ -126,6 +135,12 @@ def run_dir_of(settings: ReplaySettings, run: str) -> Path:
 
 def app_id(run: str) -> str:
     return f"citybrain-replay-{run}"
+
+
+def mode_group(run: str) -> str:
+    """The group whose committed offset on the run's control topic says how far the
+    worker's mode board has applied the switches (streams.lifecycle_agent.mode_group)."""
+    return f"{app_id(run)}-mode"
 
 
 def run_topic_prefixes(run: str) -> tuple[str, str]:
@@ -162,6 +177,25 @@ WHERE ts >= $1 AND ts < $2
   AND ($3::text IS NULL OR district = $3 OR street = $3)
   AND cardinality($4::text[]) = 0
 ORDER BY ts, ticket_id, event_id
+"""
+
+# operator and citizen actions (as the lifecycle accepted them) on the alerts of the scope
+_ACTIONS_SQL = """
+SELECT a.ts, a.event_id, a.alert_id, a.action, a.actor, a.actor_department, a.comment, a.target_department,
+       a.satisfaction
+FROM alert_actions a JOIN alerts al ON al.alert_id = a.alert_id
+WHERE a.ts >= $1 AND a.ts < $2
+  AND ($3::text IS NULL OR al.district = $3 OR al.street = $3)
+  AND (cardinality($4::text[]) = 0 OR al.subject = ANY($4::text[]))
+ORDER BY a.ts, a.alert_id, a.event_id
+"""
+
+# emergency mode switches: every one of the range, whatever the area (a city-wide switch
+# concerns every area, another district's is ignored by the alerts it does not cover)
+_MODES_SQL = """
+SELECT ts, event_id, scope, payload FROM mode_switches
+WHERE ts >= $1 AND ts < $2
+ORDER BY ts, event_id
 """
 
 _ALERTS_SQL = """
@@ -206,13 +240,34 @@ def hotline_json(r: asyncpg.Record) -> bytes:
     return orjson.dumps(d)
 
 
+def action_json(r: asyncpg.Record) -> bytes:
+    """The stored action back in its wire form (schemas.AlertAction)."""
+    d: dict[str, Any] = {"event_id": r["event_id"], "alert_id": r["alert_id"], "action": r["action"],
+                         "actor": r["actor"], "ts": r["ts"].isoformat()}
+    for k in ("actor_department", "comment", "target_department", "satisfaction"):
+        if r[k] is not None:
+            d[k] = r[k]
+    return orjson.dumps(d)
+
+
+def mode_json(r: asyncpg.Record) -> bytes:
+    """The stored switch as it was published (streams.emergency.ModeSwitch)."""
+    payload = r["payload"]
+    return payload.encode() if isinstance(payload, str) else orjson.dumps(payload)
+
+
+# at one event time: readings, hotline events, mode switches, then actions
+KIND_ORDER = {"reading": 0, "hotline": 1, "mode": 2, "action": 3}
+CONTROL_KINDS = frozenset({"mode", "action"})
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     ts: datetime
     topic: str
     key: bytes
     value: bytes
-    kind: str  # "reading" | "hotline"
+    kind: str  # "reading" | "hotline" | "mode" | "action"
 
 
 async def _cursor(conn: asyncpg.Connection, sql: str, args: tuple[Any, ...], prefetch: int,
@@ -223,26 +278,33 @@ async def _cursor(conn: asyncpg.Connection, sql: str, args: tuple[Any, ...], pre
 
 async def merged_records(conn: asyncpg.Connection, req: ReplayRequest, topics: Topics,
                          prefetch: int) -> AsyncIterator[Record]:
-    """Readings and hotline events of the range, merged into one event-time
-    order (ties: readings first, then by key and event id, as each query orders).
-    Both cursors are server side: the range is never held in memory. Must run
-    inside a transaction (cursors live in one)."""
+    """Readings, hotline events, mode switches and operator actions of the
+    range, merged into one event-time order (ties: readings, hotline events,
+    switches, actions; then by key and event id, as each query orders). Every
+    cursor is server side: the range is never held in memory. Must run inside
+    a transaction (cursors live in one)."""
     scope = req.scope
     args = (req.read_from, scope.end, scope.area, list(scope.sensors))
-    readings = _cursor(conn, _READINGS_SQL, args, prefetch,
-                       lambda r: Record(r["ts"], topics.readings, r["sensor_id"].encode(), reading_json(r), "reading"))
-    hotline = _cursor(conn, _HOTLINE_SQL, args, max(100, prefetch // 10),
-                      lambda r: Record(r["ts"], topics.hotline, r["ticket_id"].encode(), hotline_json(r), "hotline"))
-    a = await anext(readings, None)
-    b = await anext(hotline, None)
-    while a is not None or b is not None:
-        if b is None or (a is not None and a.ts <= b.ts):
-            assert a is not None
-            yield a
-            a = await anext(readings, None)
-        else:
-            yield b
-            b = await anext(hotline, None)
+    sources = [
+        _cursor(conn, _READINGS_SQL, args, prefetch,
+                lambda r: Record(r["ts"], topics.readings, r["sensor_id"].encode(), reading_json(r), "reading")),
+        _cursor(conn, _HOTLINE_SQL, args, max(100, prefetch // 10),
+                lambda r: Record(r["ts"], topics.hotline, r["ticket_id"].encode(), hotline_json(r), "hotline")),
+        _cursor(conn, _MODES_SQL, args[:2], 100,
+                lambda r: Record(r["ts"], topics.control_mode, r["scope"].encode(), mode_json(r), "mode")),
+        _cursor(conn, _ACTIONS_SQL, args, 100,
+                lambda r: Record(r["ts"], topics.actions, r["alert_id"].encode(), action_json(r), "action")),
+    ]
+    heads: list[Record | None] = [await anext(src, None) for src in sources]
+    while True:
+        live = [(h.ts, KIND_ORDER[h.kind], i) for i, h in enumerate(heads) if h is not None]
+        if not live:
+            return
+        i = min(live)[2]
+        rec = heads[i]
+        assert rec is not None
+        yield rec
+        heads[i] = await anext(sources[i], None)
 
 
 async def count_range(conn: asyncpg.Connection, req: ReplayRequest) -> tuple[int, int]:
@@ -252,6 +314,15 @@ async def count_range(conn: asyncpg.Connection, req: ReplayRequest) -> tuple[int
     n_r = await conn.fetchval(f"SELECT count(*) FROM ({_READINGS_SQL.split('ORDER BY')[0]}) q", *args)
     n_h = await conn.fetchval(f"SELECT count(*) FROM ({_HOTLINE_SQL.split('ORDER BY')[0]}) q", *args)
     return int(n_r), int(n_h)
+
+
+async def count_controls(conn: asyncpg.Connection, req: ReplayRequest) -> tuple[int, int]:
+    """(operator actions, mode switches) the run republishes."""
+    scope = req.scope
+    args = (req.read_from, scope.end, scope.area, list(scope.sensors))
+    n_a = await conn.fetchval(f"SELECT count(*) FROM ({_ACTIONS_SQL.split('ORDER BY')[0]}) q", *args)
+    n_m = await conn.fetchval(f"SELECT count(*) FROM ({_MODES_SQL.split('ORDER BY')[0]}) q", *args[:2])
+    return int(n_a), int(n_m)
 
 
 async def recorded_alerts(conn: asyncpg.Connection, scope: Scope) -> list[AlertView]:
@@ -330,7 +401,7 @@ async def delete_run_kafka(bootstrap: str, run: str, rounds: int = 3, client_kwa
         try:
             # aiokafka's admin has no delete_consumer_groups yet: the protocol request, sent to the coordinator
             coordinator = await admin.find_coordinator(app_id(run))
-            await admin._send_request(DeleteGroupsRequest([app_id(run)]), coordinator)
+            await admin._send_request(DeleteGroupsRequest([app_id(run), mode_group(run)]), coordinator)
         except KafkaError as exc:  # an unknown or still-active group: Kafka expires it after its retention
             log.info("consumer group %s not deleted: %s", app_id(run), exc)
     return removed
@@ -550,7 +621,10 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
     conn = await _db(settings)
     try:
         await _require_table(conn)
+        if await conn.fetchval("SELECT to_regclass('mode_switches')") is None:
+            raise ConfigError("storage schema has no mode_switches table: run `citybrain db migrate`")
         n_readings, n_hotline = await count_range(conn, req)
+        n_actions, n_modes = await count_controls(conn, req)
         kafka = settings.kafka_bootstrap_servers
         kw = settings.kafka_security.aiokafka_kwargs()
         partitions = settings.partitions or await live_partitions(kafka, kw)
@@ -574,7 +648,8 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
             at=now(),
         )
         run_dir.mkdir(parents=True, exist_ok=True)
-        progress(f"replay {req.run}: {n_readings} readings and {n_hotline} hotline events of "
+        progress(f"replay {req.run}: {n_readings} readings, {n_hotline} hotline events, {n_actions} operator "
+                 f"actions and {n_modes} mode switches of "
                  f"{req.read_from.isoformat()} .. {req.scope.end.isoformat()} into {topics.prefix}* "
                  f"({partitions} partitions)")
         workers = _Workers(settings, run_dir)
@@ -591,8 +666,8 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
             await collector.start()
             env = worker_env(base_env, settings, req, partitions, run_dir / "faust")
             await workers.start(env, settings.workers)
-            pub_s = await _publish(settings, conn, req, topics, partitions, n_readings + n_hotline, out, stop,
-                                   workers, progress)
+            pub_s = await _publish(settings, conn, req, topics, partitions,
+                                   n_readings + n_hotline + n_actions + n_modes, out, stop, workers, progress)
             out.publish_s = pub_s
             caught_up = await _catch_up(settings, req, topics, partitions, n_readings, collector, stop, workers,
                                         progress)
@@ -621,7 +696,8 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
         recorded = await recorded_alerts(conn, req.scope)
         extra = {"run": req.run, "scope": req.scope.to_dict(), "warmup_s": req.warmup.total_seconds(),
                  "rules_file": str(req.rules_file) if req.rules_file else None, "speed": _speed_text(req.speed),
-                 "readings": out.readings, "hotline": out.hotline, "unreadable_alerts": collector.bad}
+                 "readings": out.readings, "hotline": out.hotline, "actions": out.actions, "modes": out.modes,
+                 "unreadable_alerts": collector.bad}
         out.diff = diff_alerts(recorded, collector.latest.values(), req.scope, extra)
         out.total_s = time.monotonic() - t0
         body = orjson.dumps(out.diff.to_json(), option=orjson.OPT_INDENT_2)
@@ -656,11 +732,14 @@ class _Batches:
         self.sent: list[asyncio.Future[Any]] = []
         self.partitioner = DefaultPartitioner()
 
-    async def add(self, topic: str, key: bytes, value: bytes) -> None:
+    def partition(self, key: bytes) -> int:
         p = self.part_of.get(key)
         if p is None:
             p = self.part_of[key] = self.partitioner(key, self.all, self.all)
-        tp = (topic, p)
+        return p
+
+    async def add(self, topic: str, key: bytes, value: bytes) -> None:
+        tp = (topic, self.partition(key))
         batch = self.open.get(tp)
         if batch is None:
             batch = self.open[tp] = self.producer.create_batch()
@@ -681,6 +760,100 @@ class _Batches:
         self.sent.clear()
 
 
+class _Barrier:
+    """Operator actions and mode switches go out between the readings at their
+    event time, each group of them only once the worker has handled every
+    record published before it (its committed offsets at the end of the
+    readings, hotline, detected-alert and action topics), and the readings
+    after them only once it has applied them (the action topic's offsets; the
+    mode board's group at the switch). So a switch changes the thresholds from
+    its own time on, and an action meets the alert as it was at its time, as
+    live, however far ahead of the worker the replay publishes. It costs about
+    two of the worker's commit intervals per group of them."""
+
+    def __init__(self, settings: ReplaySettings, req: ReplayRequest, topics: Topics, partitions: int,
+                 stop: asyncio.Event, workers: _Workers, progress: Progress) -> None:
+        self.settings, self.req, self.topics, self.partitions = settings, req, topics, partitions
+        self.stop, self.workers, self.progress = stop, workers, progress
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self.waits = 0
+        self.waited_s = 0.0
+
+    async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        if self._admin is None or self._consumer is None:
+            kw = self.settings.kafka_security.aiokafka_kwargs()
+            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                                              request_timeout_ms=15000, **kw)
+            await self._admin.start()
+            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                                              group_id=None, **kw)
+            await self._consumer.start()
+        return self._admin, self._consumer
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                await self._admin.close()
+
+    async def _until(self, done: Callable[[], Any], what: str) -> None:
+        t0 = last = time.monotonic()
+        seen: Any = None
+        while True:
+            if self.stop.is_set():
+                raise Interrupted
+            self.workers.check()
+            state = await done()
+            if state is True:
+                break
+            t = time.monotonic()
+            if state != seen:
+                seen, last = state, t
+            elif t - last > self.settings.stall_timeout_s:
+                raise ServiceError(f"replay worker made no progress for {self.settings.stall_timeout_s:.0f} s "
+                                   f"while {what}; see {self.workers.log_path(0)}")
+            await _sleep_or_stop(0.2, self.stop)
+        self.waits += 1
+        self.waited_s += time.monotonic() - t0
+
+    async def caught_up(self) -> None:
+        """Until the worker has handled everything published so far."""
+        admin, consumer = await self._clients()
+        t = self.topics
+        watched = [t.readings, t.hotline, t.alerts_detected, t.actions]
+
+        async def done() -> Any:
+            _, ahead = await _worker_lag(admin, consumer, app_id(self.req.run), watched, self.partitions)
+            return True if ahead == 0 else ahead
+
+        await self._until(done, "catching up before an operator action or a mode switch")
+
+    async def applied(self, mode_offset: int | None) -> None:
+        """Until the worker has applied the actions published (and the mode switch at `mode_offset`)."""
+        admin, consumer = await self._clients()
+        tp = TopicPartition(self.topics.control_mode, 0)
+
+        async def done() -> Any:
+            _, ahead = await _worker_lag(admin, consumer, app_id(self.req.run), [self.topics.actions],
+                                         self.partitions)
+            board = -1
+            if mode_offset is not None:
+                try:
+                    got = await admin.list_consumer_group_offsets(mode_group(self.req.run), partitions=[tp])
+                except KafkaError:
+                    got = {}
+                c = got.get(tp)
+                board = c.offset if c is not None else -1
+            if ahead == 0 and (mode_offset is None or board > mode_offset):
+                return True
+            return (ahead, board)
+
+        await self._until(done, "applying operator actions and mode switches")
+
+
 async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: ReplayRequest, topics: Topics,
                    partitions: int, total: int, out: ReplayOutcome, stop: asyncio.Event,
                    workers: _Workers, progress: Progress) -> float:
@@ -689,10 +862,13 @@ async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: Repl
                                 request_timeout_ms=60000, **settings.kafka_security.aiokafka_kwargs())
     await producer.start()
     batches = _Batches(producer, partitions)
+    barrier = _Barrier(settings, req, topics, partitions, stop, workers, progress)
     t0 = time.monotonic()
     last_report = 0.0
     first_ts: datetime | None = None
     n = 0
+    in_controls = False  # published actions / switches the worker has not been seen to apply yet
+    mode_offset: int | None = None
     try:
         async with conn.transaction(readonly=True, isolation="repeatable_read"):
             async for rec in merged_records(conn, req, topics, settings.fetch_batch):
@@ -702,6 +878,24 @@ async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: Repl
                     if due > 0.005:
                         await batches.flush()
                         await _sleep_or_stop(due, stop)
+                if rec.kind in CONTROL_KINDS:
+                    if not in_controls:
+                        await batches.flush()
+                        await barrier.caught_up()
+                        in_controls = True
+                    if rec.kind == "mode":  # the control topic has one partition
+                        md = await producer.send_and_wait(rec.topic, rec.value, key=rec.key, partition=0)
+                        mode_offset = md.offset
+                        out.modes += 1
+                    else:  # keyed by alert_id like the detected alerts: the same partition of the lifecycle
+                        await producer.send_and_wait(rec.topic, rec.value, key=rec.key,
+                                                     partition=batches.partition(rec.key))
+                        out.actions += 1
+                    n += 1
+                    continue
+                if in_controls:
+                    await barrier.applied(mode_offset)
+                    in_controls, mode_offset = False, None
                 await batches.add(rec.topic, rec.key, rec.value)
                 if rec.kind == "reading":
                     out.readings += 1
@@ -718,10 +912,15 @@ async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: Repl
                         progress(f"published {n}/{total} ({100 * n / max(total, 1):.0f} %), "
                                  f"{n / max(elapsed, 1e-9):,.0f} records/s")
             await batches.flush()
+            if in_controls:
+                await barrier.applied(mode_offset)
     finally:
+        await barrier.close()
         await producer.stop()
     elapsed = time.monotonic() - t0
-    progress(f"published {n}/{total} records in {elapsed:.1f} s ({n / max(elapsed, 1e-9):,.0f}/s)")
+    waits = (f"; waited {barrier.waited_s:.1f} s in {barrier.waits} waits for the worker at "
+             f"{out.actions} operator actions and {out.modes} mode switches") if barrier.waits else ""
+    progress(f"published {n}/{total} records in {elapsed:.1f} s ({n / max(elapsed, 1e-9):,.0f}/s){waits}")
     return elapsed
 
 
@@ -745,7 +944,7 @@ async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics
     last_seen: tuple[int, int] = (-1, -1)
     last_progress_at = time.monotonic()
     caught_up_at: float | None = None
-    watched = [topics.readings, topics.hotline, topics.alerts_detected]
+    watched = [topics.readings, topics.hotline, topics.alerts_detected, topics.actions]
     try:
         async with _admin(settings.kafka_bootstrap_servers, kw) as admin:
             while True:

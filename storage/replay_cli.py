@@ -140,7 +140,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"replay {run} interrupted after {out.readings} readings; its topics were {kept}", file=sys.stderr)
         return 130
     assert out.diff is not None
-    print(f"replay {run}: {out.readings} readings, {out.hotline} hotline events; published in "
+    print(f"replay {run}: {out.readings} readings, {out.hotline} hotline events, {out.actions} operator actions, "
+          f"{out.modes} mode switches; published in "
           f"{out.publish_s:.1f} s, through detection in {out.detect_s:.1f} s")
     print(render_table(out.diff))
     print(f"diff: {out.run_dir / 'diff.json'}" + (f" and {req.json_path}" if req.json_path else ""))

@@ -7,7 +7,7 @@
 -- mode board refuses them again in a replay); the key includes the time
 -- column like every time-series table's, so a redelivery is skipped.
 INSERT INTO storage_policy (table_name, time_column, partition_interval, retention, premake) VALUES
-    ('mode_switches', 'ts', interval '1 year', NULL, 1)
+    ('mode_switches', 'ts', interval '1 month', NULL, 1)
 ON CONFLICT (table_name) DO NOTHING;
 
 CREATE TABLE IF NOT EXISTS mode_switches (
@@ -29,5 +29,5 @@ PARTITION BY RANGE (ts)
 CREATE INDEX IF NOT EXISTS mode_switches_scope ON mode_switches (scope, ts);
 
 --@if timescale
-SELECT create_hypertable('mode_switches', by_range('ts', INTERVAL '1 year'), if_not_exists => TRUE);
+SELECT create_hypertable('mode_switches', by_range('ts', INTERVAL '1 month'), if_not_exists => TRUE);
 --@endif

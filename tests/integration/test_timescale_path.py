@@ -49,6 +49,7 @@ from storage.replay import ReplayRequest, count_range, merged_records, recorded_
 from storage.replay_diff import Scope
 from storage.rows import (
     SPECS,
+    ModeSwitchRecord,
     Row,
     TableSpec,
     action_row,
@@ -56,6 +57,7 @@ from storage.rows import (
     dlq_row,
     hotline_row,
     incident_row,
+    mode_row,
     reading_row,
 )
 from storage.writer import ensure_partitions, prepare_connection
@@ -290,6 +292,8 @@ async def query_everything(conn: asyncpg.Connection, r0: datetime, w0: datetime,
         "ORDER BY ts, event_id")]
     out["actions"] = [tuple(r) for r in await conn.fetch(
         "SELECT ts, event_id, alert_id, action, actor FROM alert_actions ORDER BY ts, event_id")]
+    out["modes"] = [tuple(r) for r in await conn.fetch(
+        "SELECT ts, event_id, scope, mode, actor, payload FROM mode_switches ORDER BY ts, event_id")]
     out["dlq"] = [tuple(r) for r in await conn.fetch(
         "SELECT at, dlq_topic, dlq_offset, reason FROM dlq_index ORDER BY at, dlq_offset")]
     return out
@@ -335,7 +339,8 @@ async def test_timescale_migrations_from_empty_and_rerun(ts_conn: asyncpg.Connec
         "WHERE hypertable_schema = $1", schema)}
     policy = {r["table_name"]: (r["time_column"], r["partition_interval"], r["retention"]) for r in await conn.fetch(
         "SELECT table_name, time_column, partition_interval, retention FROM storage_policy")}
-    assert set(dims) == {"readings", "hotline_events", "alert_history", "alert_actions", "dlq_index"}
+    assert set(dims) == {"readings", "hotline_events", "alert_history", "alert_actions", "dlq_index",
+                         "mode_switches"}
     # (asyncpg reads '1 month' as 30 days, and a month-long chunk interval is 30 days to Timescale)
     assert dims == {t: policy[t][:2] for t in dims}
     assert dims["readings"] == ("ts", timedelta(days=1))
@@ -386,7 +391,7 @@ async def test_timescale_migrations_from_empty_and_rerun(ts_conn: asyncpg.Connec
     other = await migrate_connection(conn, f"ts2_{unique}")
     assert (other.flavor, other.applied) == ("timescale", versions)
     assert await conn.fetchval("SELECT count(*) FROM timescaledb_information.hypertables "
-                               "WHERE hypertable_schema = $1", f"ts2_{unique}") == 5
+                               "WHERE hypertable_schema = $1", f"ts2_{unique}") == 6
 
 
 async def test_same_data_same_answers_on_both_paths(ts_conn: asyncpg.Connection, plain_conn: asyncpg.Connection,
@@ -454,6 +459,11 @@ async def test_same_data_same_answers_on_both_paths(ts_conn: asyncpg.Connection,
         "event_id": f"ts-x{k}", "alert_id": f"ts-a{k}", "action": "ack", "actor": "op1",
         "ts": (r0 + timedelta(minutes=20 * k)).isoformat()})) for k in range(4)]
     assert await both(plain, ts, SPECS["actions"], actions) == len(actions)
+    switches = [mode_row(ModeSwitchRecord.model_validate({
+        "event_id": f"ts-m{k}", "scope": "district:chaoyang", "mode": ("emergency", "normal")[k % 2],
+        "actor": "duty", "actor_department": "ops", "ts": (r0 + timedelta(minutes=25 * k)).isoformat()}))
+        for k in range(3)]
+    assert await both(plain, ts, SPECS["modes"], switches + switches[:1]) == len(switches)
     dlq = [dlq_row("city.dlq", 0, k, b"key", b"x" * k, [], int((now - age).timestamp() * 1000))
            for k, age in enumerate((timedelta(days=150), timedelta(days=2), timedelta(hours=1)))]
     assert await both(plain, ts, SPECS["dlq"], dlq) == 3
