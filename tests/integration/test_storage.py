@@ -18,8 +18,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from citybrain.dlq import decode_headers
 from citybrain.errors import ConfigError
@@ -27,10 +30,12 @@ from citybrain.kafka_admin import ensure_topics, pipeline_topics
 from citybrain.topics import Topics
 from schemas import Alert, SensorReading
 from storage.db import connect
+from storage.kafka_topics import ensure_control_topic
 from storage.maintenance import drop_expired, ensure_partitions_ahead, refresh_rollups
 from storage.migrate import Migration, load_migrations, migrate, migrate_connection
 from storage.rows import SPECS, alert_row, reading_row
 from storage.writer import WriterMetrics, WriterSettings, run_writer, write_rows
+from streams.emergency import ModeSwitch
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -272,6 +277,70 @@ async def test_writer_all_topics_and_redelivery_is_idempotent(
     assert m2.total("rows_written") == 0
     assert await count(db, "readings") == 3000
     assert await count(db, "hotline_events") == 1
+
+
+def mode_switch(event_id: str, mode: str, minutes: int, scope: str = "district:chaoyang") -> bytes:
+    """A switch as the opscenter publishes it on city.control.mode."""
+    return orjson.dumps({"event_id": event_id, "scope": scope, "mode": mode, "actor": "duty-officer",
+                         "actor_department": "ops", "ts": (T0 + timedelta(minutes=minutes)).isoformat(),
+                         "comment": "暴雨红色预警"})
+
+
+async def test_writer_records_mode_switches_once_from_the_compacted_control_topic(
+        database_url: str, kafka_bootstrap: str, schema: str, db: asyncpg.Connection, topics: Topics,
+        unique: str) -> None:
+    s = settings_for(database_url, kafka_bootstrap, schema, topics, unique)
+    on, off = mode_switch("m-1", "emergency", 0), mode_switch("m-2", "normal", 90)
+    # the writer makes the control topic as the worker does before it subscribes; here it exists already
+    await ensure_control_topic(kafka_bootstrap, topics.control_mode)
+    await produce(kafka_bootstrap, topics.control_mode, [(b"district:chaoyang", on), (b"district:chaoyang", on),
+                                                         (b"district:chaoyang", off), (b"city", b'{"mode": "x"}')])
+    metrics = WriterMetrics()
+
+    async def done() -> bool:
+        return await count(db, "mode_switches") == 2 and await count(db, "dlq_index") == 1
+
+    await _run_writer_until(s, metrics, done)
+    rows = await db.fetch("SELECT ts, event_id, scope, mode, actor, actor_department, comment, payload "
+                          "FROM mode_switches ORDER BY ts")
+    assert [(r["event_id"], r["mode"], r["ts"]) for r in rows] == [
+        ("m-1", "emergency", T0), ("m-2", "normal", T0 + timedelta(minutes=90))]
+    assert rows[0]["scope"] == "district:chaoyang" and rows[0]["actor_department"] == "ops"
+    payload = orjson.loads(rows[0]["payload"])
+    assert ModeSwitch.from_dict(payload) == ModeSwitch.from_dict(orjson.loads(on)), "what the worker reads, kept"
+    assert payload["comment"] == "暴雨红色预警"
+    assert metrics.total("duplicates_skipped") == 1, "the redelivered switch is written once"
+    (dead,) = await db.fetch("SELECT reason, source FROM dlq_index")
+    assert dead["reason"] == "invalid_payload" and dead["source"].startswith(topics.control_mode + "/")
+    # the partition for a switch years later is made on demand (plain path)
+    later = mode_switch("m-3", "emergency", 60 * 24 * 800)
+    await produce(kafka_bootstrap, topics.control_mode, [(b"district:chaoyang", later)])
+
+    async def later_in() -> bool:
+        return await count(db, "mode_switches") == 3
+
+    await _run_writer_until(s, WriterMetrics(), later_in)
+
+
+async def test_writer_makes_the_control_topic_as_the_worker_does(
+        database_url: str, kafka_bootstrap: str, schema: str, db: asyncpg.Connection, topics: Topics,
+        unique: str) -> None:
+    s = settings_for(database_url, kafka_bootstrap, schema, topics, unique)
+    await _run_writer_until(s, WriterMetrics(), lambda: _true())
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        (meta,) = await admin.describe_topics([topics.control_mode])
+        configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topics.control_mode)])
+    finally:
+        await admin.close()
+    assert len(meta["partitions"]) == 1
+    entries = {c[0]: c[1] for c in configs[0].resources[0][4]}
+    assert entries["cleanup.policy"] == "compact"
+
+
+async def _true() -> bool:
+    return True
 
 
 async def test_bad_records_are_dead_lettered_and_the_rest_written(
