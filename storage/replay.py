@@ -256,8 +256,9 @@ def mode_json(r: asyncpg.Record) -> bytes:
     return payload.encode() if isinstance(payload, str) else orjson.dumps(payload)
 
 
-# at one event time: readings, hotline events, mode switches, then actions
-KIND_ORDER = {"reading": 0, "hotline": 1, "mode": 2, "action": 3}
+# at one event time: mode switches, actions, then readings and hotline events (a reading
+# measured at the time of a switch reached the worker after it, live)
+KIND_ORDER = {"mode": 0, "action": 1, "reading": 2, "hotline": 3}
 CONTROL_KINDS = frozenset({"mode", "action"})
 
 
@@ -279,8 +280,8 @@ async def _cursor(conn: asyncpg.Connection, sql: str, args: tuple[Any, ...], pre
 async def merged_records(conn: asyncpg.Connection, req: ReplayRequest, topics: Topics,
                          prefetch: int) -> AsyncIterator[Record]:
     """Readings, hotline events, mode switches and operator actions of the
-    range, merged into one event-time order (ties: readings, hotline events,
-    switches, actions; then by key and event id, as each query orders). Every
+    range, merged into one event-time order (ties: switches, actions,
+    readings, hotline events; then by key and event id, as each query orders). Every
     cursor is server side: the range is never held in memory. Must run inside
     a transaction (cursors live in one)."""
     scope = req.scope

@@ -771,3 +771,66 @@ def test_opscenter_runs_as_its_principal_over_sasl(secured: Secured, database_ur
             assert r.json()["topic"] == topics.actions
     finally:
         asyncio.run(drop_schema(database_url, schema))
+
+
+async def test_writer_records_mode_switches_as_its_principal_over_sasl(
+        secured: Secured, kafka_bootstrap: str, database_url: str) -> None:
+    """The `writer` principal's ACLs cover the control topic: as `writer` on the
+    SASL listener the writer makes it (compacted, one partition), reads it and
+    records the switch in `mode_switches`."""
+    from pydantic import SecretStr
+
+    from citybrain.security_cli import DEFAULT_WRITER_GROUP
+    from storage.writer import WriterMetrics, WriterSettings, run_writer
+
+    run = uuid.uuid4().hex[:8]
+    topics = Topics(f"sec{run}.")
+    schema = f"t_sec_{run}"
+    await apply(kafka_bootstrap, Plan({}, service_acls(topics)))
+    await migrate(database_url, schema)
+    password = (secured.secrets_dir / "kafka-writer").read_text().strip()
+    settings = WriterSettings(  # type: ignore[call-arg]
+        database_url=SecretStr(database_url), kafka_bootstrap_servers=secured.sasl_bootstrap,
+        kafka_security=scram("writer", password), topic_prefix=topics.prefix, db_schema=schema,
+        group_id=f"{DEFAULT_WRITER_GROUP}-{run}", client_id=f"w-{run}", batch_timeout_ms=200,
+        maintenance_interval_s=0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_writer(settings, stop, WriterMetrics()))
+    conn = await connect(database_url, schema, "test")
+    try:
+        switch = {"event_id": f"mode-{run}", "scope": "city", "mode": "emergency", "actor": "duty",
+                  "actor_department": "ops", "ts": datetime.now(UTC).isoformat()}
+        sent = False
+        deadline = asyncio.get_running_loop().time() + 90
+        while asyncio.get_running_loop().time() < deadline:
+            if task.done():
+                task.result()
+                raise AssertionError("writer exited early")
+            if not sent and topics.control_mode in await _topic_names(kafka_bootstrap):
+                p = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+                await p.start()
+                try:
+                    await p.send_and_wait(topics.control_mode, json.dumps(switch).encode(), key=b"city")
+                finally:
+                    await p.stop()
+                sent = True
+            if await conn.fetchval("SELECT count(*) FROM mode_switches") == 1:
+                break
+            await asyncio.sleep(0.5)
+        assert await conn.fetchval("SELECT event_id FROM mode_switches") == f"mode-{run}"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+
+
+async def _topic_names(bootstrap: str) -> set[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
