@@ -2,49 +2,32 @@
 detection/alerting/lifecycle code, send what it returns.
 
 `create_app` builds one `WorkerContext` (streams.context) and hands it to each
-agent module's `register(ctx)`; a new module adds one line to `REGISTRARS`.
-
-Per-sensor state lives in a changelog-backed table keyed by the raw
-sensor_id bytes; each key's changelog record goes to its source partition
-(Faust's co-partitioning), so a restarted or rebalanced worker recovers
-exactly the state of the partitions it owns. With `take_events` batching the
-table is written once per key per batch, with the partition given
-explicitly rather than through Faust's current-event context.
-
-A record that cannot be processed is dead-lettered with a reason; it is never
-allowed to raise out of the agent (an exception there would ack it silently,
-faust-streaming#315).
+agent module's `register(ctx)`; a new module adds one line to `REGISTRARS`:
+streams.detect_agent (readings -> detection revisions, per-sensor state),
+streams.lifecycle_agent (revisions and actions -> alerts, fan-out, timers),
+streams.hotline_agents (tickets, the three rates, incidents).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import faust
-import orjson
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from citybrain.errors import RejectedPayload
 from citybrain.kafka_security import KafkaSecurity
 from citybrain.topics import Topics
-from schemas import Alert, SensorReading
-from streams import faust_fixes, hotline_agents, lifecycle_agent
-from streams.changelog import ChangelogBatcher
-from streams.context import EPOCH, LifecycleClock, ModeBoard, WorkerContext
+from streams import detect_agent, faust_fixes, hotline_agents, lifecycle_agent
+from streams.context import LifecycleClock, ModeBoard, WorkerContext
 from streams.lifecycle import DEFAULT_POLICY_FILE, load_policy
-from streams.pipeline import ReadingProcessor
 from streams.routing import DEFAULT_RULES, RulesHolder
 
 log = logging.getLogger("citybrain.streams")
-
-DECODED_MAX = 20_000  # decoded sensor states kept between batches (~10 kB each)
 
 
 class WorkerSettings(BaseSettings):
@@ -62,6 +45,9 @@ class WorkerSettings(BaseSettings):
     policy_file: str = str(DEFAULT_POLICY_FILE)
     batch_max: int = 1000
     batch_within_s: float = 0.02
+    # readings straight from the consumer's fetched batches to the detect stage
+    # (streams.detect_agent); False: through the detect agent's Faust stream
+    fast_path: bool = True
     data_dir: str = ".run/faust"
     tick_every_s: float = 10.0
     lateness_s: float = 600.0
@@ -78,139 +64,9 @@ class WorkerSettings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
-def register_detect(ctx: WorkerContext) -> None:
-    """Readings -> detection engine -> alert revisions (one open alert per rule and subject)."""
-    app, settings = ctx.app, ctx.settings
-    readings_topic = app.topic(
-        ctx.topics.readings, key_type=bytes, value_type=bytes, value_serializer="raw", partitions=settings.partitions
-    )
-    state = app.Table("sensor-state", key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    detected_topic = app.topic(ctx.topics.alerts_detected, key_type=bytes, value_type=bytes, value_serializer="raw")
-    processor = ReadingProcessor(ctx.rules.table, mode_of=ctx.modes.mode_for, emergency=ctx.policy.emergency)
-    # Event-time progress PER SOURCE PARTITION: a worker consumes its
-    # partitions unevenly (catching up, replaying at full speed), so a
-    # worker-wide maximum would make the sensors of a lagging partition look
-    # silent; a partition's own maximum depends only on its own, ordered input.
-    watermarks: dict[int, datetime] = {}
-    # key -> (the bytes this agent last stored, that state decoded): spares an orjson.loads per reading
-    decoded: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
-    changelog = ChangelogBatcher(app, state)
-
-    ctx.extras["detected_topic"] = detected_topic
-
-    async def publish(alert: Alert) -> None:
-        await ctx.publish_detected(alert)
-
-    def current_rules() -> None:
-        # hot reload: the holder swaps its table; the processor reads it per batch
-        processor.routing = ctx.rules.table
-
-    @app.agent(readings_topic, name="detect")
-    async def detect(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            current_rules()
-            touched: dict[bytes, tuple[int, dict[str, Any]]] = {}
-            for event in events:
-                try:
-                    reading = SensorReading.model_validate_json(event.message.value)
-                except ValidationError as exc:
-                    await ctx.dead_letter(event, "invalid_reading", str(exc.errors(include_url=False)[0]["msg"]),
-                                          "detect")
-                    continue
-                key = reading.sensor_id.encode()
-                try:
-                    st: dict[str, Any] | None
-                    held = touched.get(key)
-                    if held is not None:
-                        st = held[1]
-                    else:
-                        raw = state.data.get(key)
-                        cached = decoded.get(key)
-                        # the same bytes object as this agent last stored: its decoded form is current
-                        # (a recovery or rebalance puts other objects in the table)
-                        st = cached[1] if cached is not None and cached[0] is raw else (
-                            orjson.loads(raw) if raw else None)
-                    st, alerts = processor.step(st, reading)
-                    st["p"] = event.message.partition
-                    touched[key] = (event.message.partition, st)
-                    if reading.ts > watermarks.get(event.message.partition, EPOCH):
-                        watermarks[event.message.partition] = reading.ts
-                except RejectedPayload as exc:  # late beyond the allowed lateness, counted in the DLQ
-                    await ctx.dead_letter(event, exc.reason, exc.message, "detect")
-                    continue
-                except Exception as exc:  # one bad record must not stop or silently ack the stream
-                    log.exception("processing failed")
-                    decoded.pop(key, None)  # the step may have left it half-changed
-                    await ctx.dead_letter(event, "processing_error", f"{type(exc).__name__}: {exc}", "detect")
-                    continue
-                for alert in alerts:
-                    await publish(alert)
-            if len(decoded) + len(touched) > DECODED_MAX:
-                decoded.clear()  # bounded memory for a city of many sensors; the hot ones come back
-            changes: list[tuple[int, bytes, bytes]] = []
-            for key, (partition, st) in touched.items():
-                body = orjson.dumps(st)
-                state.data[key] = body
-                decoded[key] = (body, st)
-                changes.append((partition, key, body))
-            if changes:
-                await changelog.send(changes)
-
-    ctx.extras["detect"] = DetectHandles(detect, state, changelog)
-
-    @app.timer(interval=settings.tick_every_s)
-    async def tick_sensors() -> None:
-        """Silence is detected by event-time progress, not by the next reading:
-        every few seconds each sensor this worker holds sees its partition's
-        watermark (the partition's latest event time minus the lateness)."""
-        lateness = timedelta(seconds=settings.lateness_s)
-        marks = {p: t - lateness for p, t in watermarks.items()}
-        if not marks:
-            return
-        current_rules()
-        changes: list[tuple[int, bytes, bytes]] = []
-        for n, key in enumerate(list(state.data.keys())):
-            if n % 200 == 199:
-                await asyncio.sleep(0)  # let the detect agent run between slices of the sweep
-            raw = state.data.get(key)
-            if not raw:
-                continue
-            st = orjson.loads(raw)
-            watermark = marks.get(st.get("p", 0))
-            if watermark is None:
-                continue
-            try:
-                st, alerts = processor.tick(st, watermark)
-            except Exception:
-                log.exception("tick failed for %r", key)
-                continue
-            if alerts:
-                for alert in alerts:
-                    await publish(alert)
-            body = orjson.dumps(st)
-            if body != raw:
-                state.data[key] = body
-                decoded.pop(key, None)
-                changes.append((st.get("p", 0), key, body))
-        # a key the detect agent wrote again while the sweep yielded has its newer record queued already
-        current = [c for c in changes if state.data.get(c[1]) is c[2]]
-        if current:
-            await changelog.send(current)
-
-
-@dataclass(frozen=True, slots=True)
-class DetectHandles:
-    """For tests and tools: the detect agent, its per-sensor state table and
-    the sender of that table's changelog records."""
-
-    agent: Any
-    table: Any
-    changelog: ChangelogBatcher
-
-
 # Each agent module: `register(ctx)` declares its agents, tables and timers.
 REGISTRARS: tuple[Callable[[WorkerContext], None], ...] = (
-    register_detect,
+    detect_agent.register,
     lifecycle_agent.register,
     hotline_agents.register,
 )

@@ -16,8 +16,20 @@ that step, which is the usual case, nothing else is needed. If it suspends
 the original `wait_first` as a task that resumes it, so a rebalance
 (`suspend_flow`) or a stop still cuts a blocked delivery short exactly as
 before. While the flow is suspended, or the consumer stopping or crashed,
-the original path is taken from the start. Everything else is Faust's
-code, unchanged (copied from 0.15.3, BSD-3-Clause).
+the original path is taken from the start.
+
+**Batch handlers** (`register_batch_handler`): the records of a topic that
+has one never reach the conductor. They are tracked as Faust tracks a
+delivered message (so a rebalance's `wait_empty` waits for them), collected
+per fetched batch (at most `batch_max`), handed to the handler as one list
+and acked once it returns, in order. The handler must not raise (it
+dead-letters what it cannot process); if it does, its records stay unacked
+and the consumer crashes as it would on a failed delivery, so they are read
+again after the restart. Records fetched while the flow is suspended are
+skipped, as Faust's own path skips them; the rebalance seeks back to the
+committed offsets.
+
+Everything else is Faust's code, unchanged (copied from 0.15.3, BSD-3-Clause).
 """
 
 from __future__ import annotations
@@ -27,6 +39,29 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
+
+BatchHandler = Callable[[list[Any]], Awaitable[None]]
+
+
+def register_batch_handler(app: Any, topic: str, handler: BatchHandler, batch_max: int = 1000) -> None:
+    """Every record of `topic` this app's consumer fetches goes to `handler` in
+    lists of at most `batch_max`, instead of through the conductor."""
+    handlers: dict[str, tuple[BatchHandler, int]] = app.__dict__.setdefault("_citybrain_batch_handlers", {})
+    handlers[topic] = (handler, max(1, batch_max))
+
+
+def batch_handlers(app: Any) -> dict[str, tuple[BatchHandler, int]]:
+    return cast(dict[str, tuple[BatchHandler, int]], app.__dict__.get("_citybrain_batch_handlers", {}))
+
+
+async def run_batch(consumer: Any, handler: BatchHandler, messages: list[Any]) -> None:
+    """The handler over `messages`, then each acked (Faust's commit takes only
+    contiguous acked offsets, so acking in order after the handler keeps
+    at-least-once)."""
+    await handler(messages)
+    ack = consumer.ack
+    for message in messages:
+        ack(message)
 
 
 class _Resumed:
@@ -99,6 +134,9 @@ async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover (
     yield_every = 100
     num_since_yield = 0
     sleep = asyncio.sleep
+    handlers = batch_handlers(self.app)
+    track = self.track_message
+    pending: dict[str, list[Any]] = {}
 
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
@@ -123,13 +161,24 @@ async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover (
                             if self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                        if suspended() or consumer_should_stop() or crashed():
+                        batched = handlers.get(message.topic) if handlers else None
+                        if batched is not None:
+                            if not (suspended() or consumer_should_stop() or crashed()):
+                                track(message)
+                                batch = pending.setdefault(message.topic, [])
+                                batch.append(message)
+                                if len(batch) >= batched[1]:
+                                    await run_batch(self, batched[0], pending.pop(message.topic))
+                        elif suspended() or consumer_should_stop() or crashed():
                             await self.wait_first(callback(message), self.suspend_flow.wait())
                         else:
                             await deliver(callback(message), slow)
                         set_read_offset(tp, offset)
                     else:
                         self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
+                while pending:  # the fetched batch's remainder, before the next fetch
+                    topic, batch = pending.popitem()
+                    await run_batch(self, handlers[topic][0], batch)
                 unset_flag(flag_consumer_fetching)
 
     except self.consumer_stopped_errors:
