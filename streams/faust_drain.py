@@ -21,8 +21,10 @@ the original path is taken from the start.
 **Batch handlers** (`register_batch_handler`): the records of a topic that
 has one never reach the conductor. They are tracked as Faust tracks a
 delivered message (so a rebalance's `wait_empty` waits for them), collected
-per fetched batch (at most `batch_max`), handed to the handler as one list
-and acked once it returns, in order. The handler must not raise (it
+per fetched batch and queued, in lists of at most `batch_max`, for the
+topic's `Lane` task once every other record of that fetch has been
+delivered to its stream; the lane hands each list to the handler and acks
+it once the handler returns, in order. The handler must not raise (it
 dead-letters what it cannot process); if it does, its records stay unacked
 and the consumer crashes as it would on a failed delivery, so they are read
 again after the restart. Records fetched while the flow is suspended are
@@ -35,10 +37,13 @@ Everything else is Faust's code, unchanged (copied from 0.15.3, BSD-3-Clause).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
+
+log = logging.getLogger("citybrain.streams.drain")
 
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
 
@@ -54,14 +59,49 @@ def batch_handlers(app: Any) -> dict[str, tuple[BatchHandler, int]]:
     return cast(dict[str, tuple[BatchHandler, int]], app.__dict__.get("_citybrain_batch_handlers", {}))
 
 
-async def run_batch(consumer: Any, handler: BatchHandler, messages: list[Any]) -> None:
-    """The handler over `messages`, then each acked (Faust's commit takes only
-    contiguous acked offsets, so acking in order after the handler keeps
-    at-least-once)."""
-    await handler(messages)
-    ack = consumer.ack
-    for message in messages:
-        ack(message)
+LANE_DEPTH = 2  # batches queued for a handler before the fetcher waits (back-pressure)
+
+
+class Lane:
+    """One topic's batches, handled by their own task in arrival order and
+    acked once handled (Faust's commit takes only contiguous acked offsets, so
+    acking in order after the handler keeps at-least-once). The fetcher only
+    queues: it goes on delivering the other topics' records (the lifecycle's)
+    while a batch is handled, as it does for a stream's buffer."""
+
+    __slots__ = ("_closing", "consumer", "handler", "most", "queue", "task")
+
+    def __init__(self, consumer: Any, handler: BatchHandler, most: int) -> None:
+        self.consumer, self.handler, self.most = consumer, handler, most
+        self.queue: asyncio.Queue[list[Any] | None] = asyncio.Queue(maxsize=LANE_DEPTH)
+        self.task: asyncio.Future[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
+
+    async def put(self, batch: list[Any]) -> None:
+        task = self.task
+        if task is None:
+            self.task = asyncio.ensure_future(self._run())
+        elif task.done():
+            task.result()  # the handler's error, raised in the fetcher: the consumer crashes as on a failed delivery
+            raise RuntimeError("batch lane stopped")
+        for i in range(0, len(batch), self.most):
+            await self.queue.put(batch[i:i + self.most])
+
+    async def _run(self) -> None:
+        ack = self.consumer.ack
+        while (batch := await self.queue.get()) is not None:
+            try:
+                await self.handler(batch)
+            except BaseException:
+                log.exception("batch handler failed; its records stay unacked")
+                raise
+            for message in batch:
+                ack(message)
+
+    def close(self) -> None:
+        """After the batches already queued (a stopping worker's `wait_empty` waits for their acks)."""
+        if self.task is not None and not self.task.done():
+            self._closing = asyncio.ensure_future(self.queue.put(None))
 
 
 class _Resumed:
@@ -134,7 +174,7 @@ async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover (
     yield_every = 100
     num_since_yield = 0
     sleep = asyncio.sleep
-    handlers = batch_handlers(self.app)
+    lanes = {topic: Lane(self, handler, most) for topic, (handler, most) in batch_handlers(self.app).items()}
     track = self.track_message
     pending: dict[str, list[Any]] = {}
 
@@ -161,14 +201,10 @@ async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover (
                             if self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                        batched = handlers.get(message.topic) if handlers else None
-                        if batched is not None:
+                        if lanes and message.topic in lanes:
                             if not (suspended() or consumer_should_stop() or crashed()):
                                 track(message)
-                                batch = pending.setdefault(message.topic, [])
-                                batch.append(message)
-                                if len(batch) >= batched[1]:
-                                    await run_batch(self, batched[0], pending.pop(message.topic))
+                                pending.setdefault(message.topic, []).append(message)
                         elif suspended() or consumer_should_stop() or crashed():
                             await self.wait_first(callback(message), self.suspend_flow.wait())
                         else:
@@ -176,9 +212,10 @@ async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover (
                         set_read_offset(tp, offset)
                     else:
                         self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
-                while pending:  # the fetched batch's remainder, before the next fetch
+                # after every other record of the fetch has reached its stream
+                while pending:
                     topic, batch = pending.popitem()
-                    await run_batch(self, handlers[topic][0], batch)
+                    await lanes[topic].put(batch)
                 unset_flag(flag_consumer_fetching)
 
     except self.consumer_stopped_errors:
@@ -196,3 +233,5 @@ async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover (
         raise
     finally:
         unset_flag(flag_consumer_fetching)
+        for lane in lanes.values():
+            lane.close()
