@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from streams.faust_drain import deliver
+from streams.faust_drain import Lane, deliver
 
 
 class Slow:
@@ -103,3 +103,52 @@ async def test_a_suspended_callback_cut_short_is_cancelled_inside() -> None:
 
     await deliver(blocked(), suspend_flow_wins)
     assert cleaned == ["finally"]
+
+
+class Acks:
+    """Stands for the Faust consumer: records what was acked, in order."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, message: int) -> bool:
+        self.acked.append(message)
+        return True
+
+
+async def test_a_lane_hands_batches_in_order_in_lists_of_at_most_most_and_acks_after_each() -> None:
+    consumer, seen = Acks(), []
+    acked_when_handled: list[list[int]] = []
+
+    async def handler(batch: list[Any]) -> None:
+        acked_when_handled.append(list(consumer.acked))
+        await asyncio.sleep(0)
+        seen.append(list(batch))
+
+    lane = Lane(consumer, handler, most=3)
+    await lane.put([1, 2, 3, 4, 5, 6, 7])
+    await lane.put([8])
+    lane.close()
+    assert lane.task is not None
+    await asyncio.wait_for(lane.task, 2)
+    assert seen == [[1, 2, 3], [4, 5, 6], [7], [8]]
+    assert consumer.acked == [1, 2, 3, 4, 5, 6, 7, 8]
+    # a batch's records are acked only once it is handled: never ahead of the handler
+    assert acked_when_handled == [[], [1, 2, 3], [1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 7]]
+
+
+async def test_a_failed_handler_leaves_its_records_unacked_and_stops_the_fetcher() -> None:
+    consumer = Acks()
+
+    async def handler(batch: list[Any]) -> None:
+        if 2 in batch:
+            raise ConnectionError("producer gone")
+
+    lane = Lane(consumer, handler, most=1)
+    await lane.put([1, 2, 3])
+    assert lane.task is not None
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(lane.task, 2)
+    assert consumer.acked == [1]
+    with pytest.raises(ConnectionError, match="producer gone"):  # the drain loop's next put crashes the consumer
+        await lane.put([4])
