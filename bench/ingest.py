@@ -34,11 +34,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import ROOT, ProcStats, conditions, drop_topics, percentile, service_pids
 from bench.faults_stack import free_port
@@ -47,6 +45,7 @@ from citybrain.supervisor import Supervisor
 from citybrain.topics import Topics
 from connectors.decoders.senml import event_id as senml_event_id
 from connectors.mqtt_kafka import parse_mqtt_url
+from connectors.mqtt_sessions import forget_session
 from connectors.mqtt_wire import remaining_length
 
 SENSORS = 5000
@@ -363,22 +362,6 @@ def connector_counters(port: str) -> dict[str, float]:
             name = line.split("{", 1)[0].removeprefix("citybrain_connector_").removesuffix("_total")
             out[name] = out.get(name, 0) + float(line.rsplit(" ", 1)[1])
     return out
-
-
-def forget_session(url: str, client_id: str) -> None:
-    """End the connector's persistent session: left behind, it would hold a
-    queue of every later sensor message on the shared broker for nobody."""
-    host, port, user, password, _ = parse_mqtt_url(url)
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
-    )
-    if user:
-        client.username_pw_set(user, password)
-    client.connect(host, port, keepalive=10)
-    client.loop_start()
-    time.sleep(0.3)  # the CONNACK: the broker has dropped the old session
-    client.disconnect()
-    client.loop_stop()
 
 
 async def log_append_time(bootstrap: str, topic: str) -> None:

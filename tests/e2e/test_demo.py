@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.ingest import forget_session
+from connectors.mqtt_sessions import forget_session
 from tests.services import _require
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -27,6 +27,7 @@ from connectors.mqtt_kafka import (
     default_routes,
     parse_mqtt_url,
 )
+from connectors.mqtt_sessions import forget_session
 from connectors.registry import DeviceRegistry
 from tests.e2e.conftest import MqttPublisher
 from tests.integration.conftest import noise_reading as reading
@@ -119,17 +120,6 @@ async def test_broker_drops_the_connector_it_reconnects_and_loses_nothing(
     missing = acked - seen
     assert not missing, f"{len(missing)} of {len(acked)} readings the broker acknowledged are not in Kafka"
     assert connector.metrics.snapshot()["received"] >= len(acked)
-
-
-def forget_session(url: str, client_id: str) -> None:
-    """End the test's persistent session on the shared broker."""
-    host, port, user, password, _ = parse_mqtt_url(url)
-    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    if user:
-        c.username_pw_set(user, password)
-    c.connect(host, port, keepalive=10)
-    c.loop(timeout=1.0)
-    c.disconnect()
 
 
 def test_more_to_read_sees_data_and_the_end_of_the_stream_but_does_not_consume() -> None:
