@@ -77,6 +77,9 @@ class DetectStage:
         self.decoded: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
         # the keys a batch has stepped and not yet stored (the tick leaves them to the batch)
         self.in_flight: dict[bytes, tuple[int, dict[str, Any]]] = {}
+        # one batch at a time, whoever feeds it (a lane left over from a restarted fetcher,
+        # the agent): two interleaved batches would step a sensor from the same old state
+        self._one_batch = asyncio.Lock()
 
     def current_rules(self) -> None:
         # hot reload: the holder swaps its table; the processor reads it per batch
@@ -84,6 +87,10 @@ class DetectStage:
 
     async def process(self, messages: Sequence[Any]) -> None:
         """One batch of readings records (Faust `Message`s: topic, partition, offset, key, value)."""
+        async with self._one_batch:
+            await self._process(messages)
+
+    async def _process(self, messages: Sequence[Any]) -> None:
         ctx, processor, watermarks, decoded = self.ctx, self.processor, self.watermarks, self.decoded
         data = self.table.data
         self.current_rules()
