@@ -150,7 +150,13 @@ class DetectStage:
     async def tick(self, lateness: timedelta) -> None:
         """Silence is detected by event-time progress, not by the next reading:
         each sensor this worker holds sees its partition's watermark (the
-        partition's latest event time minus the lateness)."""
+        partition's latest event time minus the lateness). Between batches only,
+        as before the batches yielded: a sweep in the middle of one would see a
+        watermark of half a batch, and the same input could give other alerts."""
+        async with self._one_batch:
+            await self._tick(lateness)
+
+    async def _tick(self, lateness: timedelta) -> None:
         marks = {p: t - lateness for p, t in self.watermarks.items()}
         if not marks:
             return
