@@ -44,6 +44,9 @@ class WorkerSettings(BaseSettings):
     rules_file: str = str(DEFAULT_RULES)
     policy_file: str = str(DEFAULT_POLICY_FILE)
     batch_max: int = 1000
+    # offsets are committed every second by Faust's timer, and also inline by the
+    # consumer's delivery loop once this many records are acked since the last commit
+    commit_every: int = 2000
     batch_within_s: float = 0.02
     # readings straight from the consumer's fetched batches to the detect stage
     # (streams.detect_agent), ~1.6x cheaper a reading; false: through the detect
@@ -92,7 +95,7 @@ def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust
         producer_acks=-1,
         producer_linger_ms=5,
         producer_max_batch_size=512 * 1024,
-        broker_commit_every=2000,
+        broker_commit_every=settings.commit_every,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=8192,
         consumer_auto_offset_reset="earliest",
