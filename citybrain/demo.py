@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from citybrain.kafka_admin import ensure_topics, pipeline_topics
+from citybrain.kafka_admin import department_topics, ensure_topics, pipeline_topics
 from citybrain.kafka_security import KafkaSecurity, scram, without_passwords
 from citybrain.supervisor import Supervisor
 from citybrain.topics import LIVE
@@ -86,7 +86,10 @@ async def _tail_alerts(env: dict[str, str], stop: asyncio.Event) -> None:
 async def _run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     bootstrap, admin_kwargs = kafka_client(env, "admin")
-    await ensure_topics(bootstrap, pipeline_topics(LIVE, 4), client_kwargs=admin_kwargs)
+    from streams.routing import load_registry  # the default rules' departments, as the worker loads them
+
+    wanted = pipeline_topics(LIVE, 4) | department_topics(LIVE, load_registry().departments, 4)
+    await ensure_topics(bootstrap, wanted, client_kwargs=admin_kwargs)
     await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "citybrain.cli", "db", "migrate"], env=env, check=True
     )
