@@ -1,7 +1,7 @@
 """A fix to aiokafka's producer metadata (pinned 0.14.0), applied once at import of `citybrain`.
 
 The stall it cures (the worker determinism test and the replay recording
-failed about one run in seven under CPU load): a worker's producer stopped
+failed about one run in five under CPU load): a worker's producer stopped
 delivering one topic for good. The records sat in the producer's
 accumulator, `Producer.flush` (which Faust awaits before every offset commit)
 never returned ("Timer commit is overlapping"), and the last detections never

@@ -42,13 +42,16 @@ def pipeline_topics(topics: Topics, partitions: int) -> dict[str, int]:
     }
 
 
-def department_topics(topics: Topics, codes: Iterable[str], partitions: int) -> dict[str, int]:
-    """Each department's alert and ticket topics. A deployment makes them up front: the
-    worker otherwise creates one on the department's first alert, inside its lifecycle
-    agent, and every alert behind that one waits (bench.e2e: detection -> department
-    p99 at 3,000 readings/s about 150 ms with the topics made during the run, 60-110 ms
-    with them made before it)."""
-    return {name: partitions for code in codes for name in (topics.dept(code), topics.hotline_dept(code))}
+def department_topics(topics: Topics, codes: Iterable[str], partitions: int,
+                      hotline: bool = True) -> dict[str, int]:
+    """Each department's alert topic (and ticket topic). A deployment, and a replay, make
+    them before the worker starts: the worker otherwise creates one on the department's
+    first alert, inside its lifecycle agent, and every alert behind that one waits
+    (streams/README.md, "Department topics")."""
+    names = [topics.dept(code) for code in codes]
+    if hotline:
+        names += [topics.hotline_dept(code) for code in codes]
+    return dict.fromkeys(names, partitions)
 
 
 async def ensure_topics(bootstrap: str, wanted: dict[str, int], timeout_s: float = 60,

@@ -58,7 +58,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from citybrain.errors import ConfigError, ServiceError
-from citybrain.kafka_admin import ensure_topics, pipeline_topics
+from citybrain.kafka_admin import department_topics, ensure_topics, pipeline_topics
 from citybrain.kafka_security import ENV_VARS as SECURITY_VARS
 from citybrain.kafka_security import KafkaSecurity, without_passwords
 from citybrain.topics import LIVE, Topics
@@ -504,23 +504,18 @@ def rules_in_effect(base_env: Mapping[str, str], req: ReplayRequest) -> Path:
     return Path(base_env["WORKER_RULES_FILE"]) if base_env.get("WORKER_RULES_FILE") else DEFAULT_RULES
 
 
-def department_topics(rules: Path, topics: Topics, areas: set[tuple[str, str | None]], hotline: bool) -> list[str]:
-    """The alert (and hotline) topics of the city-wide departments and of the
-    district and street offices of the areas the range covers, under the
-    run's prefix. Made before the worker starts: the worker would otherwise
-    create each on first use inside its agent while every other record waits
-    (about a second each; a 500-sensor replay stalled for good that way)."""
+def replay_departments(rules: Path, areas: set[tuple[str, str | None]]) -> list[str]:
+    """The city-wide departments and the district and street offices of the
+    areas the range covers: their topics are made before the worker starts
+    (`citybrain.kafka_admin.department_topics`; made on first use inside the
+    worker's agent, about a second each, a 500-sensor replay stalled for good)."""
     from streams.routing import load_rules
 
     districts = {d for d, _ in areas}
-    codes = [code for code, dept in load_rules(rules).departments.items()
-             if dept.district is None
-             or (dept.street is None and dept.district in districts)
-             or (dept.district, dept.street) in areas]
-    names = [topics.dept(c) for c in codes]
-    if hotline:
-        names += [topics.hotline_dept(c) for c in codes]
-    return names
+    return [code for code, dept in load_rules(rules).departments.items()
+            if dept.district is None
+            or (dept.street is None and dept.district in districts)
+            or (dept.district, dept.street) in areas]
 
 
 async def areas_in_range(conn: asyncpg.Connection, req: ReplayRequest) -> set[tuple[str, str | None]]:
@@ -658,9 +653,8 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
         status = "failed"
         try:
             wanted = pipeline_topics(topics, partitions)
-            depts = department_topics(rules_in_effect(base_env, req), topics, await areas_in_range(conn, req),
-                                      n_hotline > 0)
-            wanted.update(dict.fromkeys(depts, partitions))
+            codes = replay_departments(rules_in_effect(base_env, req), await areas_in_range(conn, req))
+            wanted.update(department_topics(topics, codes, partitions, hotline=n_hotline > 0))
             await ensure_topics(kafka, wanted, client_kwargs=kw)
             await ensure_control_topic(kafka, topics.control_mode, kw)
             await wait_for_leaders(kafka, [topics.readings, topics.hotline, topics.alerts], client_kwargs=kw)

@@ -12,3 +12,7 @@ def test_each_department_gets_its_alert_and_ticket_topic_under_the_prefix() -> N
         "p.city.alerts.dept.street.chaoyang.wangjing": 4,
         "p.city.hotline.dept.street.chaoyang.wangjing": 4,
     }
+
+
+def test_without_tickets_only_the_alert_topics() -> None:
+    assert department_topics(Topics(prefix="p."), ["eeb"], 2, hotline=False) == {"p.city.alerts.dept.eeb": 2}
