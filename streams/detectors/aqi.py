@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from schemas import Evidence, SensorReading, SensorType, Severity
 from streams.detectors.base import Signal, State
@@ -164,9 +165,9 @@ class AirQualityThreshold:
             count += int(b[2])
         mean = total / count
         pol = str(reading.sensor_type)
-        table = REALTIME_TABLE[SensorType(reading.sensor_type)]
+        table = REALTIME_TABLE[reading.sensor_type]  # a StrEnum member, or its value: the same key
         index = iaqi(table, mean)
-        details: dict[str, object] = {"mean": round(mean, 3), "readings": count, "unit": reading.unit}
+        long_seen: list[tuple[str, Any, Any, Any]] = []  # (table, window, mean, iaqi) for the evidence
         longs = self.long_periods.get(pol, [])
         if longs:
             # hourly buckets [hour index, sum, count]; long means re-evaluated once per short bucket
@@ -186,17 +187,21 @@ class AirQualityThreshold:
                     long[tab] = [w, round(m, 3), iaqi(tab, m) if covered else -1]
                 st["long"] = long
             for tab, (w, m, v) in st["long"].items():
-                details[f"iaqi_{tab}_{int(w) // 3600}h"] = int(v) if v >= 0 else None
-                details[f"mean_{int(w) // 3600}h"] = m
+                long_seen.append((tab, w, m, v))
                 if v >= 0 and not pol.startswith("pm") and v > index:
                     index, table = int(v), tab
         for b in (buckets[-1], st["hours"][-1]) if longs else (buckets[-1],):
             b[1] = round(b[1], 4)
         sev = severity_for_aqi(index, self.cfg.air_severity)
-        w_start = datetime.fromtimestamp(buckets[0][0], UTC)
-        w_end = datetime.fromtimestamp(newest + self.bucket_s, UTC)
 
         def signal(kind: str, severity: Severity, episode_start: datetime) -> Signal:
+            # the evidence is built only for a reading that signals (most do not)
+            details: dict[str, object] = {"mean": round(mean, 3), "readings": count, "unit": reading.unit}
+            for tab, w, m, v in long_seen:
+                details[f"iaqi_{tab}_{int(w) // 3600}h"] = int(v) if v >= 0 else None
+                details[f"mean_{int(w) // 3600}h"] = m
+            w_start = datetime.fromtimestamp(buckets[0][0], UTC)
+            w_end = datetime.fromtimestamp(newest + self.bucket_s, UTC)
             zh, en = category(index)
             return Signal(
                 kind=kind,  # type: ignore[arg-type]

@@ -38,6 +38,9 @@ NAME = "sensor_health"
 VERSION = "1.0.0"
 
 
+RANGE_CACHE_MAX = 200_000  # sensors whose plausible range is remembered (bounded memory)
+
+
 def _dt(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
@@ -55,15 +58,24 @@ class SensorHealth:
         self.stuck_s = float(h["stuck_min_s"])
         self.ignore = {str(k): {float(v) for v in vs} for k, vs in (h.get("stuck_ignore") or {}).items()}
         self.ranges = {str(k): (float(v[0]), float(v[1])) for k, v in (h.get("range") or {}).items()}
+        self._ranges: dict[tuple[str, str], tuple[float, float]] = {}
 
     def applies_to(self, reading: SensorReading) -> bool:
         return True
 
     def _range(self, sensor_id: str, sensor_type: str) -> tuple[float, float]:
-        spec = CATALOGUE[SensorType(sensor_type)]
-        lo, hi = self.ranges.get(sensor_type, (spec.low, spec.high))
-        site = self.cfg.site(sensor_id)
-        return float(site.get("range_low", lo)), float(site.get("range_high", hi))
+        # per reading, from data that never changes for this detector: looked up once per sensor
+        key = (sensor_id, sensor_type)
+        got = self._ranges.get(key)
+        if got is None:
+            spec = CATALOGUE[SensorType(sensor_type)]
+            lo, hi = self.ranges.get(sensor_type, (spec.low, spec.high))
+            site = self.cfg.site(sensor_id)
+            got = (float(site.get("range_low", lo)), float(site.get("range_high", hi)))
+            if len(self._ranges) >= RANGE_CACHE_MAX:
+                self._ranges.clear()
+            self._ranges[key] = got
+        return got
 
     def _signal(self, st: State, kind: str, rule: str, start: float, t: float, severity: Severity,
                 title: str, statistic: str, value: float, threshold: float | None,

@@ -26,6 +26,8 @@ from streams.detectors.base import Signal, State
 from streams.detectors.config import DetectConfig, default_config
 from streams.detectors.localtime import LocalClock
 
+SITE_CACHE_MAX = 200_000  # sensors whose site-derived levels are remembered (bounded memory)
+
 
 def _signal(det: Any, kind: str, reading: SensorReading, category: str, severity: Severity, start: float,
             title: str, evidence: Evidence) -> Signal:  # fmt: skip
@@ -116,6 +118,7 @@ class NoiseThreshold:
         self.learn_min = int(c.get("learn_min_readings", 30))
         self.learn_s = float(c.get("learn_hours", 3.0)) * 3600.0
         self.clock = LocalClock(self.cfg.tz)
+        self._zones: dict[str, str] = {}
 
     def applies_to(self, reading: SensorReading) -> bool:
         return reading.sensor_type is SensorType.NOISE
@@ -124,6 +127,15 @@ class NoiseThreshold:
         z = str(site.get("zone_class", self.default_zone)).lower()
         z = "4a" if z == "4" else z
         return z if z in self.cfg.noise_limits else self.default_zone
+
+    def site_zone(self, sensor_id: str) -> str:
+        """`zone` of the sensor's site, worked out once per sensor."""
+        got = self._zones.get(sensor_id)
+        if got is None:
+            if len(self._zones) >= SITE_CACHE_MAX:
+                self._zones.clear()
+            got = self._zones[sensor_id] = self.zone(self.cfg.site(sensor_id))
+        return got
 
     def step(self, state: State | None, reading: SensorReading) -> tuple[State, list[Signal]]:
         st: State = state if state is not None else {"b": [], "ep": None}
@@ -136,19 +148,25 @@ class NoiseThreshold:
             buckets[-1][2] += 1
         elif not buckets or buckets[-1][0] < b0:
             buckets.append([b0, energy, 1])
+            newest = b0  # the window moved: drop what fell out of it
+            if buckets[0][0] <= newest - self.window_s:
+                buckets[:] = [b for b in buckets if b[0] > newest - self.window_s]
         else:  # late within lateness: into its bucket if kept
             for b in buckets:
                 if b[0] == b0:
                     b[1] += energy
                     b[2] += 1
                     break
-        newest = buckets[-1][0]
-        buckets[:] = [b for b in buckets if b[0] > newest - self.window_s]
         buckets[-1][1] = round(buckets[-1][1], 1)  # energy sums: 0.1 of >= 1e2 keeps the state short
-        leq = 10.0 * math.log10(sum(b[1] for b in buckets) / sum(b[2] for b in buckets))
+        energy_sum = 0.0
+        count: float = 0
+        for b in buckets:
+            energy_sum += b[1]
+            count += b[2]
+        leq = 10.0 * math.log10(energy_sum / count)
         hour = self.clock.hour(t)
         day = self.day_h <= hour < self.night_h
-        zone = self.zone(self.cfg.site(reading.sensor_id))
+        zone = self.site_zone(reading.sensor_id)
         limit = self.cfg.noise_limits[zone][0 if day else 1]
         excess = leq - limit
         sev = _level(excess, self.cfg.noise_exceedance)
@@ -206,6 +224,20 @@ class _MedianLevel:
     def levels(self, site: Mapping[str, Any]) -> list[tuple[float, Severity]]:
         raise NotImplementedError
 
+    def levels_for(self, sensor_id: str) -> list[tuple[float, Severity]]:
+        """`levels` of the sensor's site, worked out once per sensor (the config
+        never changes under a detector; callers do not modify the list)."""
+        cache: dict[str, list[tuple[float, Severity]]] | None = self.__dict__.get("_levels")
+        if cache is None:
+            cache = {}
+            self.__dict__["_levels"] = cache
+        got = cache.get(sensor_id)
+        if got is None:
+            if len(cache) >= SITE_CACHE_MAX:
+                cache.clear()
+            got = cache[sensor_id] = self.levels(self.cfg.site(sensor_id))
+        return got
+
     def clear_below(self, levels: list[tuple[float, Severity]]) -> float:
         raise NotImplementedError
 
@@ -223,7 +255,7 @@ class _MedianLevel:
         t = reading.ts.timestamp()
         vals: list[float] = st["v"]
         med = push_median(vals, reading.value, self.k)
-        levels = self.levels(self.cfg.site(reading.sensor_id))
+        levels = self.levels_for(reading.sensor_id)
         if scale != 1.0:
             levels = [(at * scale, s) for at, s in levels]
         sev = _level(med, levels)
