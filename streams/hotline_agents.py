@@ -368,7 +368,7 @@ class AreaCore:
         key = area.encode()
         raw = self.incidents.get(key)
         prev = orjson.loads(raw) if raw else None
-        st, incidents = self.correlator.step(prev, x)
+        st, incidents = self.correlator.step(prev, x, owned=True)  # prev is our own fresh decode
         st["p"] = partition
         body = orjson.dumps(st)
         if body != raw:
@@ -402,7 +402,7 @@ class AreaCore:
                 continue
             st = orjson.loads(raw)
             p = int(st.get("p", 0))
-            new, incidents = self.correlator.tick(st, now)
+            new, incidents = self.correlator.tick(st, now, owned=True)
             if new is None:
                 continue
             new["p"] = p

@@ -184,8 +184,11 @@ class IncidentCorrelator:
         return any(distance_km(lat, lon, item.location.lat, item.location.lon) <= self.policy.radius_km
                    for lat, lon in inc["points"])
 
-    def step(self, state: dict[str, Any] | None, x: Alert | HotlineEvent) -> tuple[dict[str, Any], list[Incident]]:
-        st: dict[str, Any] = copy.deepcopy(state) if state else {"incidents": {}, "index": {}}
+    def step(self, state: dict[str, Any] | None, x: Alert | HotlineEvent,
+             owned: bool = False) -> tuple[dict[str, Any], list[Incident]]:  # fmt: skip
+        """`owned`: the caller gives the state away (e.g. just decoded from bytes),
+        so it is changed in place instead of copied first."""
+        st: dict[str, Any] = (state if owned else copy.deepcopy(state)) if state else {"incidents": {}, "index": {}}
         item = self._item(x)
         if item is None:
             return st, []
@@ -259,12 +262,13 @@ class IncidentCorrelator:
             revision=inc["rev"],
         )  # fmt: skip
 
-    def tick(self, state: dict[str, Any] | None, now: datetime) -> tuple[dict[str, Any] | None, list[Incident]]:
+    def tick(self, state: dict[str, Any] | None, now: datetime,
+             owned: bool = False) -> tuple[dict[str, Any] | None, list[Incident]]:  # fmt: skip
         """Close incidents resolved for `close_after`, and open ones without news for
-        `max_span`; drop unpublished ones past the window."""
+        `max_span`; drop unpublished ones past the window. `owned` as for `step`."""
         if not state:
             return state, []
-        st = copy.deepcopy(state)
+        st = state if owned else copy.deepcopy(state)
         out: list[Incident] = []
         for iid in sorted(st["incidents"]):
             inc = st["incidents"][iid]
