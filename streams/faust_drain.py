@@ -59,7 +59,18 @@ def batch_handlers(app: Any) -> dict[str, tuple[BatchHandler, int]]:
     return cast(dict[str, tuple[BatchHandler, int]], app.__dict__.get("_citybrain_batch_handlers", {}))
 
 
-LANE_DEPTH = 2  # batches queued for a handler before the fetcher waits (back-pressure)
+# A topic's lane queues at most this many batches before the fetcher stops
+# fetching the topic (Faust's own back-pressure, `Consumer.on_buffer_full`, as a
+# stream's full buffer does): the fetcher itself never waits on the lane, so the
+# records of the other topics (detections for the lifecycle, actions) keep coming
+# while readings back up; before, the fetcher waited for room in the lane and a
+# detection fetched behind a backlog waited with it (bench.e2e at 7,000/s:
+# detection -> department p50 958 ms). Fetching resumes once at most one batch is left.
+LANE_HIGH = 2
+# A hard bound the fetcher does wait at (partitions cannot be paused during
+# Faust's recovery; a fetch may still bring a pause's worth of records)
+LANE_CAP = 8
+PAUSED_POLL_S = 0.01  # getmany timeout while a lane is paused: resume within ~10 ms of its draining
 
 
 class Lane:
@@ -67,15 +78,19 @@ class Lane:
     acked once handled (Faust's commit takes only contiguous acked offsets, so
     acking in order after the handler keeps at-least-once). The fetcher only
     queues: it goes on delivering the other topics' records (the lifecycle's)
-    while a batch is handled, as it does for a stream's buffer."""
+    while a batch is handled, as it does for a stream's buffer; a backlog of
+    LANE_HIGH batches pauses this topic's partitions instead of the fetcher."""
 
-    __slots__ = ("_closing", "consumer", "handler", "most", "queue", "task")
+    __slots__ = ("backlog", "consumer", "handler", "most", "paused", "queue", "room", "task", "topic")
 
-    def __init__(self, consumer: Any, handler: BatchHandler, most: int) -> None:
-        self.consumer, self.handler, self.most = consumer, handler, most
-        self.queue: asyncio.Queue[list[Any] | None] = asyncio.Queue(maxsize=LANE_DEPTH)
+    def __init__(self, consumer: Any, handler: BatchHandler, most: int, topic: str = "") -> None:
+        self.consumer, self.handler, self.most, self.topic = consumer, handler, most, topic
+        self.queue: asyncio.Queue[list[Any] | None] = asyncio.Queue()  # bounded by pausing, and by LANE_CAP
+        self.backlog = 0  # records queued or being handled
+        self.paused: set[Any] = set()  # this topic's partitions the lane took out of fetching
+        self.room = asyncio.Event()
+        self.room.set()
         self.task: asyncio.Future[None] | None = None
-        self._closing: asyncio.Future[None] | None = None
 
     async def put(self, batch: list[Any]) -> None:
         task = self.task
@@ -85,7 +100,28 @@ class Lane:
             task.result()  # the handler's error, raised in the fetcher: the consumer crashes as on a failed delivery
             raise RuntimeError("batch lane stopped")
         for i in range(0, len(batch), self.most):
-            await self.queue.put(batch[i:i + self.most])
+            chunk = batch[i:i + self.most]
+            self.backlog += len(chunk)
+            self.queue.put_nowait(chunk)
+        if self.backlog >= LANE_HIGH * self.most:
+            self._pause()
+            if self.backlog >= LANE_CAP * self.most:
+                self.room.clear()
+                await self.room.wait()
+
+    def _pause(self) -> None:
+        # every time the backlog is high, not once: a rebalance makes the assigned partitions active again
+        for tp in self.consumer.assignment():
+            if tp.topic == self.topic:
+                self.consumer.on_buffer_full(tp)
+                self.paused.add(tp)
+
+    def _resume(self) -> None:
+        assigned = self.consumer.assignment()
+        for tp in self.paused:
+            if tp in assigned:  # a revoked partition must not come back into the fetch
+                self.consumer.on_buffer_drop(tp)
+        self.paused.clear()
 
     async def _run(self) -> None:
         ack = self.consumer.ack
@@ -94,14 +130,21 @@ class Lane:
                 await self.handler(batch)
             except BaseException:
                 log.exception("batch handler failed; its records stay unacked")
+                self.room.set()  # a fetcher waiting at the cap goes on, and its next put raises this
                 raise
             for message in batch:
                 ack(message)
+            self.backlog -= len(batch)
+            if self.paused and self.backlog <= self.most:
+                self._resume()
+            if not self.room.is_set() and self.backlog < LANE_CAP * self.most:
+                self.room.set()
 
     def close(self) -> None:
         """After the batches already queued (a stopping worker's `wait_empty` waits for their acks)."""
         if self.task is not None and not self.task.done():
-            self._closing = asyncio.ensure_future(self.queue.put(None))
+            self.queue.put_nowait(None)
+        self.room.set()  # a fetcher waiting at the cap is stopping anyway
 
 
 class _Resumed:
@@ -174,14 +217,15 @@ async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover (
     yield_every = 100
     num_since_yield = 0
     sleep = asyncio.sleep
-    lanes = {topic: Lane(self, handler, most) for topic, (handler, most) in batch_handlers(self.app).items()}
+    lanes = {topic: Lane(self, handler, most, topic) for topic, (handler, most) in batch_handlers(self.app).items()}
     track = self.track_message
     pending: dict[str, list[Any]] = {}
 
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
             set_flag(flag_consumer_fetching)
-            ait = getmany(timeout=1.0)
+            # while a lane is paused, come back soon: its resumption takes effect at the next getmany
+            ait = getmany(timeout=PAUSED_POLL_S if any(lane.paused for lane in lanes.values()) else 1.0)
             await self.sleep(0)
             if not self.should_stop:
                 async for tp, message in ait:

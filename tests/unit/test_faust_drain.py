@@ -10,8 +10,9 @@ from collections.abc import Awaitable
 from typing import Any
 
 import pytest
+from faust.types import TP
 
-from streams.faust_drain import Lane, deliver
+from streams.faust_drain import LANE_CAP, Lane, deliver
 
 
 class Slow:
@@ -106,14 +107,31 @@ async def test_a_suspended_callback_cut_short_is_cancelled_inside() -> None:
 
 
 class Acks:
-    """Stands for the Faust consumer: records what was acked, in order."""
+    """Stands for the Faust consumer: records what was acked, in order, and which
+    partitions were taken out of fetching (`on_buffer_full`) and put back."""
 
-    def __init__(self) -> None:
+    def __init__(self, assigned: tuple[TP, ...] = ()) -> None:
         self.acked: list[int] = []
+        self.assigned = set(assigned)
+        self.fetching = set(assigned)
+        self.events: list[tuple[str, int]] = []
 
     def ack(self, message: int) -> bool:
         self.acked.append(message)
         return True
+
+    def assignment(self) -> set[TP]:
+        return set(self.assigned)
+
+    def on_buffer_full(self, tp: TP) -> None:
+        if tp in self.fetching:
+            self.events.append(("pause", len(self.acked)))
+        self.fetching.discard(tp)
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        if tp not in self.fetching:
+            self.events.append(("resume", len(self.acked)))
+        self.fetching.add(tp)
 
 
 async def test_a_lane_hands_batches_in_order_in_lists_of_at_most_most_and_acks_after_each() -> None:
@@ -152,3 +170,64 @@ async def test_a_failed_handler_leaves_its_records_unacked_and_stops_the_fetcher
     assert consumer.acked == [1]
     with pytest.raises(ConnectionError, match="producer gone"):  # the drain loop's next put crashes the consumer
         await lane.put([4])
+
+
+READINGS = (TP("r", 0), TP("r", 1))
+
+
+async def test_a_backlog_pauses_the_topics_partitions_not_the_fetcher_and_one_batch_left_resumes_them() -> None:
+    consumer = Acks(assigned=(*READINGS, TP("other", 0)))
+    gate = asyncio.Event()
+
+    async def handler(batch: list[Any]) -> None:
+        await gate.wait()
+
+    lane = Lane(consumer, handler, most=2, topic="r")
+    await asyncio.wait_for(lane.put([1, 2, 3]), 1)  # below LANE_HIGH batches: still fetching
+    assert consumer.fetching == {*READINGS, TP("other", 0)} and not lane.paused
+    await asyncio.wait_for(lane.put([4, 5, 6]), 1)  # 6 records = 3 batches queued: paused, and put did not wait
+    assert consumer.fetching == {TP("other", 0)}, "only this topic's partitions stop; the others keep coming"
+    assert lane.paused == set(READINGS)
+    gate.set()
+    lane.close()
+    assert lane.task is not None
+    await asyncio.wait_for(lane.task, 2)
+    assert consumer.acked == [1, 2, 3, 4, 5, 6]
+    assert consumer.fetching == {*READINGS, TP("other", 0)} and not lane.paused
+    # resumed once at most one batch was left (5 of 6 handled), not before
+    assert [e for e in consumer.events if e[0] == "resume"] == [("resume", 5), ("resume", 5)]
+
+
+async def test_a_lane_at_its_cap_makes_the_fetcher_wait_and_a_revoked_partition_is_not_resumed() -> None:
+    consumer = Acks(assigned=READINGS)
+    gate = asyncio.Event()
+
+    async def handler(batch: list[Any]) -> None:
+        await gate.wait()
+
+    lane = Lane(consumer, handler, most=1, topic="r")
+    put = asyncio.ensure_future(lane.put(list(range(LANE_CAP))))
+    await asyncio.sleep(0.05)
+    assert not put.done(), "at LANE_CAP batches the fetcher waits (memory stays bounded)"
+    consumer.assigned = {READINGS[0]}  # a rebalance took partition 1 away
+    gate.set()
+    await asyncio.wait_for(put, 2)
+    lane.close()
+    assert lane.task is not None
+    await asyncio.wait_for(lane.task, 2)
+    assert consumer.acked == list(range(LANE_CAP))
+    assert READINGS[0] in consumer.fetching and READINGS[1] not in consumer.fetching
+
+
+async def test_a_handler_failing_while_the_fetcher_waits_at_the_cap_releases_it_with_the_error() -> None:
+    consumer = Acks(assigned=READINGS)
+
+    async def handler(batch: list[Any]) -> None:
+        await asyncio.sleep(0.01)
+        raise ConnectionError("producer gone")
+
+    lane = Lane(consumer, handler, most=1, topic="r")
+    await asyncio.wait_for(lane.put(list(range(LANE_CAP))), 2)  # released, not stuck
+    with pytest.raises(ConnectionError, match="producer gone"):
+        await lane.put([99])
+    assert consumer.acked == []
