@@ -15,14 +15,39 @@ yields the same alert, not a second one.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from citybrain.errors import RejectedPayload
 from schemas import Evidence, Location, SensorReading, Severity
 
 SignalKind = Literal["open", "update", "clear"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class PerSensor(Generic[K, V]):
+    """What a detector derives from its configuration for one sensor (a site's
+    levels, zone, plausible range), worked out on the sensor's first reading
+    instead of on every one: the configuration never changes under a detector.
+    Bounded: past `most` sensors it starts again."""
+
+    __slots__ = ("_got", "_make", "_most")
+
+    def __init__(self, make: Callable[[K], V], most: int = 200_000) -> None:
+        self._make, self._most = make, most
+        self._got: dict[K, V] = {}
+
+    def __call__(self, key: K) -> V:
+        got = self._got.get(key)
+        if got is None:
+            if len(self._got) >= self._most:
+                self._got.clear()
+            got = self._got[key] = self._make(key)
+        return got
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,14 +31,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas import CATALOGUE, Evidence, Location, SensorReading, SensorType, Severity
-from streams.detectors.base import SENSOR_HEALTH, Signal, State
+from streams.detectors.base import SENSOR_HEALTH, PerSensor, Signal, State
 from streams.detectors.config import DetectConfig, default_config
 
 NAME = "sensor_health"
 VERSION = "1.0.0"
-
-
-RANGE_CACHE_MAX = 200_000  # sensors whose plausible range is remembered (bounded memory)
 
 
 def _dt(t: float) -> datetime:
@@ -58,24 +55,19 @@ class SensorHealth:
         self.stuck_s = float(h["stuck_min_s"])
         self.ignore = {str(k): {float(v) for v in vs} for k, vs in (h.get("stuck_ignore") or {}).items()}
         self.ranges = {str(k): (float(v[0]), float(v[1])) for k, v in (h.get("range") or {}).items()}
-        self._ranges: dict[tuple[str, str], tuple[float, float]] = {}
+        self._ranges: PerSensor[tuple[str, str], tuple[float, float]] = PerSensor(lambda k: self._range_of(*k))
 
     def applies_to(self, reading: SensorReading) -> bool:
         return True
 
     def _range(self, sensor_id: str, sensor_type: str) -> tuple[float, float]:
-        # per reading, from data that never changes for this detector: looked up once per sensor
-        key = (sensor_id, sensor_type)
-        got = self._ranges.get(key)
-        if got is None:
-            spec = CATALOGUE[SensorType(sensor_type)]
-            lo, hi = self.ranges.get(sensor_type, (spec.low, spec.high))
-            site = self.cfg.site(sensor_id)
-            got = (float(site.get("range_low", lo)), float(site.get("range_high", hi)))
-            if len(self._ranges) >= RANGE_CACHE_MAX:
-                self._ranges.clear()
-            self._ranges[key] = got
-        return got
+        return self._ranges((sensor_id, sensor_type))
+
+    def _range_of(self, sensor_id: str, sensor_type: str) -> tuple[float, float]:
+        spec = CATALOGUE[SensorType(sensor_type)]
+        lo, hi = self.ranges.get(sensor_type, (spec.low, spec.high))
+        site = self.cfg.site(sensor_id)
+        return float(site.get("range_low", lo)), float(site.get("range_high", hi))
 
     def _signal(self, st: State, kind: str, rule: str, start: float, t: float, severity: Severity,
                 title: str, statistic: str, value: float, threshold: float | None,

@@ -22,11 +22,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas import Evidence, SensorReading, SensorType, Severity
-from streams.detectors.base import Signal, State
+from streams.detectors.base import PerSensor, Signal, State
 from streams.detectors.config import DetectConfig, default_config
 from streams.detectors.localtime import LocalClock
-
-SITE_CACHE_MAX = 200_000  # sensors whose site-derived levels are remembered (bounded memory)
 
 
 def _signal(det: Any, kind: str, reading: SensorReading, category: str, severity: Severity, start: float,
@@ -118,7 +116,7 @@ class NoiseThreshold:
         self.learn_min = int(c.get("learn_min_readings", 30))
         self.learn_s = float(c.get("learn_hours", 3.0)) * 3600.0
         self.clock = LocalClock(self.cfg.tz)
-        self._zones: dict[str, str] = {}
+        self.site_zone: PerSensor[str, str] = PerSensor(lambda sid: self.zone(self.cfg.site(sid)))
 
     def applies_to(self, reading: SensorReading) -> bool:
         return reading.sensor_type is SensorType.NOISE
@@ -127,15 +125,6 @@ class NoiseThreshold:
         z = str(site.get("zone_class", self.default_zone)).lower()
         z = "4a" if z == "4" else z
         return z if z in self.cfg.noise_limits else self.default_zone
-
-    def site_zone(self, sensor_id: str) -> str:
-        """`zone` of the sensor's site, worked out once per sensor."""
-        got = self._zones.get(sensor_id)
-        if got is None:
-            if len(self._zones) >= SITE_CACHE_MAX:
-                self._zones.clear()
-            got = self._zones[sensor_id] = self.zone(self.cfg.site(sensor_id))
-        return got
 
     def step(self, state: State | None, reading: SensorReading) -> tuple[State, list[Signal]]:
         st: State = state if state is not None else {"b": [], "ep": None}
@@ -221,22 +210,13 @@ class _MedianLevel:
     k: int
     clear_after: int
 
+    def __init__(self) -> None:
+        # callers do not modify the list
+        self.levels_for: PerSensor[str, list[tuple[float, Severity]]] = PerSensor(
+            lambda sid: self.levels(self.cfg.site(sid)))
+
     def levels(self, site: Mapping[str, Any]) -> list[tuple[float, Severity]]:
         raise NotImplementedError
-
-    def levels_for(self, sensor_id: str) -> list[tuple[float, Severity]]:
-        """`levels` of the sensor's site, worked out once per sensor (the config
-        never changes under a detector; callers do not modify the list)."""
-        cache: dict[str, list[tuple[float, Severity]]] | None = self.__dict__.get("_levels")
-        if cache is None:
-            cache = {}
-            self.__dict__["_levels"] = cache
-        got = cache.get(sensor_id)
-        if got is None:
-            if len(cache) >= SITE_CACHE_MAX:
-                cache.clear()
-            got = cache[sensor_id] = self.levels(self.cfg.site(sensor_id))
-        return got
 
     def clear_below(self, levels: list[tuple[float, Severity]]) -> float:
         raise NotImplementedError
@@ -286,6 +266,7 @@ class WaterLevelThreshold(_MedianLevel):
     title_zh = "水位预警"
 
     def __init__(self, config: DetectConfig | None = None) -> None:
+        super().__init__()
         self.cfg = config or default_config()
         c = self.cfg.section("water_level")
         self.default = c["default_site"]
@@ -318,6 +299,7 @@ class GasThreshold(_MedianLevel):
     title_zh = "燃气浓度报警"
 
     def __init__(self, config: DetectConfig | None = None) -> None:
+        super().__init__()
         self.cfg = config or default_config()
         c = self.cfg.section("manhole_gas")
         self.base_levels = self.cfg.gas_levels
@@ -357,6 +339,7 @@ class RainfallThreshold(_MedianLevel):
     title_zh = "强降雨"
 
     def __init__(self, config: DetectConfig | None = None) -> None:
+        super().__init__()
         self.cfg = config or default_config()
         c = self.cfg.section("rainfall")
         self.base_levels = [(float(at), Severity(str(s))) for at, s in c["levels"]]

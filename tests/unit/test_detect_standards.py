@@ -242,3 +242,19 @@ def test_push_median_keeps_the_last_k_and_takes_their_median() -> None:
     assert window == [1.0, 3.0, 10.0], "only the last k stay, in arrival order"
     even: list[float] = []
     assert [push_median(even, x, 4) for x in (2.0, 4.0)] == [2.0, 3.0]
+
+
+def test_per_sensor_values_are_worked_out_once_per_sensor_and_bounded() -> None:
+    from streams.detectors.base import PerSensor
+
+    calls: list[str] = []
+
+    def make(sid: str) -> str:
+        calls.append(sid)
+        return sid.upper()
+
+    per = PerSensor(make, most=2)
+    assert [per("a"), per("a"), per("b"), per("a")] == ["A", "A", "B", "A"]
+    assert calls == ["a", "b"]
+    assert per("c") == "C" and per("a") == "A"  # past `most` it starts again: "a" is worked out anew
+    assert calls == ["a", "b", "c", "a"]
