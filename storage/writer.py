@@ -82,6 +82,11 @@ class WriterSettings(BaseSettings):
                                 description="parts of a batch merged concurrently (split by Kafka partition)")
     split_min_rows: int = Field(default=2000, ge=1, description="a kind's rows below this go as one part")
     batch_timeout_ms: int = Field(default=500, ge=1)
+    # the broker holds a fetch until this much is there (or the wait is up): a fetch per
+    # record or few cost the writer and Kafka more CPU than the rows (bench.e2e at
+    # 3,000/s: writer 9.1 -> ~5 s, Kafka 15.6 -> 10-15 s); storage is not on the alert path
+    fetch_min_bytes: int = Field(default=256 * 1024, ge=1)
+    fetch_max_wait_ms: int = Field(default=100, ge=0, le=5000)
     retry_initial_s: float = Field(default=0.2, gt=0)
     retry_max_s: float = Field(default=15.0, gt=0)
     maintenance_interval_s: float = Field(default=60.0, ge=0, description="0 disables the plain-path job")
@@ -263,6 +268,8 @@ class StorageWriter:
             max_poll_interval_ms=300_000,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=min(3000, s.session_timeout_ms // 3),
+            fetch_min_bytes=s.fetch_min_bytes,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
         )
         await self._consumer.start()
 
