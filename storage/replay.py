@@ -487,6 +487,9 @@ def worker_env(base_env: Mapping[str, str], settings: ReplaySettings, req: Repla
         WORKER_DATA_DIR=str(data_dir),
         WORKER_PARTITIONS=str(partitions),
         WORKER_TICK_EVERY_S=str(settings.worker_tick_s),
+        # one process runs every agent: the engine follows one consumer group, and the
+        # event clock and the mode board's commits belong to one worker
+        WORKER_ROLE="all",
         PYTHONUNBUFFERED="1",
     )
     if req.rules_file is not None:  # else the live worker's rules (its environment): unchanged rules

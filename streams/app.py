@@ -2,10 +2,10 @@
 detection/alerting/lifecycle code, send what it returns.
 
 `create_app` builds one `WorkerContext` (streams.context) and hands it to each
-agent module's `register(ctx)`; a new module adds one line to `REGISTRARS`:
-streams.detect_agent (readings -> detection revisions, per-sensor state),
-streams.lifecycle_agent (revisions and actions -> alerts, fan-out, timers),
-streams.hotline_agents (tickets, the three rates, incidents).
+agent module's `register(ctx)` of the worker's role (`ROLES`; a new module adds
+itself there): streams.detect_agent (readings -> detection revisions,
+per-sensor state), streams.lifecycle_agent (revisions and actions -> alerts,
+fan-out, timers), streams.hotline_agents (tickets, the three rates, incidents).
 """
 
 from __future__ import annotations
@@ -66,21 +66,32 @@ class WorkerSettings(BaseSettings):
     # the event loop: uvloop's callbacks, tasks and socket reads cost less than asyncio's
     # (the worker's loop turns over several times per reading); "asyncio" for the standard one
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # which agents this process runs (ROLES): "all" in one process, or the two halves
+    # in two, "detect" (readings -> detections) and "alerts" (lifecycle, fan-out,
+    # hotline, incidents), so the alert path never waits behind the readings' CPU
+    role: Literal["all", "detect", "alerts"] = "all"
+
+    @property
+    def faust_app_id(self) -> str:
+        """A half runs as its own Faust app (its own consumer group and changelog
+        topics): Kafka would otherwise spread every topic's partitions over both."""
+        return self.app_id if self.role == "all" else f"{self.app_id}-{self.role}"
 
 
+Registrar = Callable[[WorkerContext], None]
 # Each agent module: `register(ctx)` declares its agents, tables and timers.
-REGISTRARS: tuple[Callable[[WorkerContext], None], ...] = (
-    detect_agent.register,
-    lifecycle_agent.register,
-    hotline_agents.register,
-)
+ROLES: dict[str, tuple[Registrar, ...]] = {
+    "all": (detect_agent.register, lifecycle_agent.register, hotline_agents.register),
+    "detect": (detect_agent.register,),
+    "alerts": (lifecycle_agent.register, hotline_agents.register),
+}
 
 
 def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust.App:
     faust_fixes.apply()
     topics = Topics(prefix=settings.topic_prefix)
     app = faust.App(
-        settings.app_id,
+        settings.faust_app_id,
         broker=[f"kafka://{s}" for s in settings.kafka_bootstrap_servers.split(",")],
         broker_credentials=settings.kafka_security.faust_credentials(),
         # a worker killed -9 holds its partitions until its session expires: Faust's 60 s
@@ -114,8 +125,11 @@ def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust
         dlq_topic=app.topic(topics.dlq, key_type=bytes, value_type=bytes, value_serializer="raw"),
         alerts_topic=app.topic(topics.alerts, key_type=bytes, value_type=bytes, value_serializer="raw"),
     )
-    for register in REGISTRARS:
+    for register in ROLES[settings.role]:
         register(ctx)
+    # every role detects or routes: each follows the emergency modes and the rules file
+    lifecycle_agent.register_mode_board(ctx)
+    lifecycle_agent.register_rules_reload(ctx)
     app.citybrain_context = ctx  # type: ignore[attr-defined]
     return app
 

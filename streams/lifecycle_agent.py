@@ -347,8 +347,6 @@ def register(ctx: WorkerContext) -> None:
         await run_due()
 
     ctx.extras["lifecycle"] = LifecycleHandles(core, lifecycle_detected, lifecycle_actions, run_due)
-    register_mode_board(ctx)
-    register_rules_reload(ctx)
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,6 +445,8 @@ def register_mode_board(ctx: WorkerContext) -> None:
                     with contextlib.suppress(Exception):
                         await consumer.stop()
 
+    ctx.extras["follow_mode"] = follow_mode
+
 
 def register_rules_reload(ctx: WorkerContext) -> None:
     """Poll the rules file's mtime; a valid change is in force for the next
@@ -473,3 +473,5 @@ def register_rules_reload(ctx: WorkerContext) -> None:
             log.warning("routing rules reloaded from %s (%d rules, fingerprint %s)", path, len(t.rules), t.fingerprint)
         else:
             log.error("routing rules rejected, the old rules stay in force: %s", ctx.rules.last_error)
+
+    ctx.extras["reload_rules"] = reload_rules

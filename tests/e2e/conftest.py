@@ -108,9 +108,16 @@ def pipeline_env() -> dict[str, str]:
 
 
 @pytest.fixture
+def worker_roles() -> dict[str, str]:
+    """The worker processes (supervisor name -> WORKER_ROLE); a test module
+    overrides this to run the detect and alerts halves apart, as the demo does."""
+    return {"worker": "all"}
+
+
+@pytest.fixture
 def pipeline(
     kafka_bootstrap: str, mqtt_url: str, mqtt_publish_url: str, database_url: str, tmp_path: Path,  # noqa: F811
-    pipeline_env: dict[str, str],
+    pipeline_env: dict[str, str], worker_roles: dict[str, str],
 ) -> Iterator[Pipeline]:
     run = uuid.uuid4().hex[:8]
     prefix = f"t{run}."
@@ -129,7 +136,8 @@ def pipeline(
     subprocess.run([sys.executable, "-m", "citybrain.cli", "db", "migrate"], env=env, check=True)
     sup = Supervisor(tmp_path / "logs", base_env=env)
     sup.start("connector", ["connector", "--log-level", "info"])
-    sup.start("worker", ["worker", "--log-level", "info"])
+    for name, role in worker_roles.items():
+        sup.start(name, ["worker", "--log-level", "info"], env={"WORKER_ROLE": role})
     sup.start("writer", ["writer"])
     p = Pipeline(env, Topics(prefix), sup, run)
     wait_until_subscribed(sup)
