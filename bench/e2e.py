@@ -3,6 +3,7 @@
 
     python -m bench.e2e [--rates 2000,5000,10000,20000] [--duration 20]
                         [--sensors 10000] [--batch 50] [--quick] [--cold-departments]
+                        [--one-worker]
 
 For each offered rate (stepped upwards) it publishes sequenced readings at a
 fixed rate with QoS 1; the oracle is what Mosquitto acknowledged. It reports
@@ -17,6 +18,10 @@ The departments' topics are made before the run, as `citybrain demo` makes
 them before it starts the worker (`--cold-departments`: the worker makes
 each on its department's first alert, inside the measured step, and the
 alerts behind that one wait).
+
+The worker runs as its two halves, as `citybrain demo` runs it: `worker`
+(WORKER_ROLE=detect) and `alerts` (WORKER_ROLE=alerts: lifecycle, fan-out,
+hotline, incidents); `--one-worker` runs every agent in one process.
 """
 
 from __future__ import annotations
@@ -320,10 +325,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if not (args.cold_departments or args.quick):
         await _create_department_topics(env["KAFKA_BOOTSTRAP_SERVERS"], Topics(prefix=prefix))
     sup.start("connector", ["connector"])
-    sup.start("worker", ["worker", "--log-level", "info"])
+    halves = {"worker": "all"} if args.one_worker else {"worker": "detect", "alerts": "alerts"}
+    for name, role in halves.items():
+        sup.start(name, ["worker", "--log-level", "info"], env={"WORKER_ROLE": role})
     sup.start("writer", ["writer"])
     await asyncio.sleep(args.warmup)
-    await _worker_ready(sup)
+    for name in halves:
+        await _worker_ready(sup, name)
     sup.check_alive()
     pids = {n: c.pid for n, c in sup.children.items()} | service_pids()
     steps = []
@@ -354,16 +362,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "p99_detect_to_dept_ms_at_10k": at_10k["p99_detect_to_dept_ms"] if at_10k else None,
         "steps": steps,
         "conditions": conditions() | {"duration_s": args.duration, "sensors": args.sensors, "batch": args.batch,
+                                      "one_worker": args.one_worker,
                                       "department_topics_made_before": not (args.cold_departments or args.quick)},
     }
 
 
-async def _worker_ready(sup: Supervisor, timeout: float = 180) -> None:
+async def _worker_ready(sup: Supervisor, name: str, timeout: float = 180) -> None:
     """A loaded machine may take longer than the warm-up to start the worker
     (one changelog table per agent module); readings sent before it is ready
     wait in Kafka and their alerts would land after the step's window."""
     try:
-        await asyncio.to_thread(sup.wait_for_log, "worker", WORKER_READY, timeout)
+        await asyncio.to_thread(sup.wait_for_log, name, WORKER_READY, timeout)
     except ServiceError as exc:
         raise SystemExit(f"bench.e2e: {exc}") from None
 
@@ -395,6 +404,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trigger-every", type=float, default=0.1, help="seconds between alert-triggering readings")
     p.add_argument("--warmup", type=float, default=8.0, help="seconds for the pipeline to start")
     p.add_argument("--quick", action="store_true", help="one short low-rate step (used by the test suite)")
+    p.add_argument("--one-worker", action="store_true",
+                   help="every agent in one worker process (default: the detect and alerts halves apart)")
     p.add_argument("--cold-departments", action="store_true",
                    help="do not create the departments' topics before the run as `citybrain demo` does: the worker"
                         " then creates each on the department's first alert, inside the measured step")
