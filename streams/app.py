@@ -70,6 +70,10 @@ class WorkerSettings(BaseSettings):
     # in two, "detect" (readings -> detections) and "alerts" (lifecycle, fan-out,
     # hotline, incidents), so the alert path never waits behind the readings' CPU
     role: Literal["all", "detect", "alerts"] = "all"
+    # how long a send waits for more records to share its batch; the sensor states go as
+    # ready-made batches (streams.changelog), so this is the wait of each detection and alert
+    # (bench.e2e at 10,000/s, halves apart: detection -> department p50 14-16 ms with 5, 10-13 with 1)
+    producer_linger_ms: int = Field(default=1, ge=0)
 
     @property
     def faust_app_id(self) -> str:
@@ -104,7 +108,7 @@ def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust
         topic_replication_factor=1,
         web_enabled=False,
         producer_acks=-1,
-        producer_linger_ms=5,
+        producer_linger_ms=settings.producer_linger_ms,
         producer_max_batch_size=512 * 1024,
         broker_commit_every=settings.commit_every,
         broker_commit_interval=1.0,
