@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from faust.types import TP
 
-from streams.faust_drain import LANE_CAP, Lane, deliver
+from streams.faust_drain import LANE_CAP, Lane, deliver, wait_while_all_paused
 
 
 class Slow:
@@ -133,6 +133,9 @@ class Acks:
             self.events.append(("resume", len(self.acked)))
         self.fetching.add(tp)
 
+    def _get_active_partitions(self) -> set[TP]:
+        return set(self.fetching)
+
 
 async def test_a_lane_hands_batches_in_order_in_lists_of_at_most_most_and_acks_after_each() -> None:
     consumer, seen = Acks(), []
@@ -231,3 +234,44 @@ async def test_a_handler_failing_while_the_fetcher_waits_at_the_cap_releases_it_
     with pytest.raises(ConnectionError, match="producer gone"):
         await lane.put([99])
     assert consumer.acked == []
+
+
+async def test_with_every_partition_paused_the_fetcher_waits_for_the_lane_not_a_fixed_second() -> None:
+    # a worker whose only stream topic is the readings (WORKER_ROLE=detect): Faust's getmany
+    # would sleep a whole second with nothing active; the fetcher waits for the lane instead
+    consumer = Acks(assigned=READINGS)
+    gate = asyncio.Event()
+
+    async def handler(batch: list[Any]) -> None:
+        await gate.wait()
+
+    resumed = asyncio.Event()
+    lane = Lane(consumer, handler, most=1, topic="r", resumed=resumed)
+    await lane.put([1, 2, 3])
+    assert consumer.fetching == set() and lane.paused
+    waiting = asyncio.ensure_future(wait_while_all_paused(consumer, [lane], resumed, timeout=60))
+    await asyncio.sleep(0.01)
+    assert not waiting.done(), "nothing to fetch until the lane gives its partitions back"
+    gate.set()  # the lane drains to one batch and resumes: the wait ends then, not at its 60 s timeout
+    assert await asyncio.wait_for(waiting, 5) is True
+    assert consumer.fetching == set(READINGS)
+    lane.close()
+
+
+async def test_the_fetcher_does_not_wait_while_other_partitions_are_active_or_nothing_is_paused() -> None:
+    consumer = Acks(assigned=(*READINGS, TP("other", 0)))
+    gate = asyncio.Event()
+
+    async def handler(batch: list[Any]) -> None:
+        await gate.wait()
+
+    resumed = asyncio.Event()
+    lane = Lane(consumer, handler, most=1, topic="r", resumed=resumed)
+    assert await wait_while_all_paused(consumer, [lane], resumed, timeout=60) is False  # nothing paused
+    await lane.put([1, 2, 3])
+    assert lane.paused and consumer.fetching == {TP("other", 0)}
+    assert await wait_while_all_paused(consumer, [lane], resumed, timeout=60) is False  # "other" still fetches
+    gate.set()
+    lane.close()
+    assert lane.task is not None
+    await asyncio.wait_for(lane.task, 2)
