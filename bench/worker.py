@@ -86,7 +86,7 @@ async def one_run(args: argparse.Namespace, records: list[tuple[bytes, bytes]], 
     run_dir = ROOT / ".run" / "bench" / f"worker-{tag}"
     sup = Supervisor(run_dir, base_env=env | {
         "WORKER_TOPIC_PREFIX": prefix, "WORKER_APP_ID": app_id, "WORKER_DATA_DIR": str(run_dir / "faust"),
-        "WORKER_PARTITIONS": str(args.partitions),
+        "WORKER_PARTITIONS": str(args.partitions), "WORKER_ROLE": args.role,
     })  # fmt: skip
     argv = ["worker", "--log-level", "info"]  # info: the ready line
     if args.profile:
@@ -105,7 +105,7 @@ async def one_run(args: argparse.Namespace, records: list[tuple[bytes, bytes]], 
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             sup.check_alive()
-            done = await committed(admin, app_id, topics.readings)
+            done = await committed(admin, app_id if args.role == "all" else f"{app_id}-{args.role}", topics.readings)
             cpu = sum(proc.cpu_times()[:2])
             peak_rss = max(peak_rss, proc.memory_info().rss)
             now = time.monotonic()
@@ -156,7 +156,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "target_readings_per_s": 20_000,
         "runs": runs,
         "conditions": conditions() | {"readings": len(records), "sensors": args.sensors,
-                                      "partitions": args.partitions, "profiled": bool(args.profile)},
+                                      "partitions": args.partitions, "role": args.role,
+                                      "profiled": bool(args.profile)},
     }
 
 
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, default=4, help="partitions of the pipeline topics (default 4)")
     ap.add_argument("--runs", type=int, default=3, help="runs; medians are reported (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds a run may take (default %(default)s)")
+    ap.add_argument("--role", choices=["all", "detect"], default="all",
+                    help="the worker's WORKER_ROLE: every agent (default) or the detect half alone")
     ap.add_argument("--profile", metavar="DIR", help="run the worker under cProfile, profiles into DIR")
     args = ap.parse_args(argv)
     if args.readings < 1000 or args.sensors < 10 or args.runs < 1 or args.partitions < 1:
