@@ -32,7 +32,7 @@ from aiokafka.structs import TopicPartition
 
 from bench.common import ROOT, conditions, drop_topics
 from citybrain.errors import ServiceError
-from citybrain.kafka_admin import ensure_topics, pipeline_topics
+from citybrain.kafka_admin import department_topics, ensure_topics, pipeline_topics
 from citybrain.partitioner import CachedKeyPartitioner
 from citybrain.supervisor import WORKER_READY, Supervisor
 from citybrain.topics import Topics
@@ -80,7 +80,12 @@ async def one_run(args: argparse.Namespace, records: list[tuple[bytes, bytes]], 
     prefix = f"bench{tag}."
     topics = Topics(prefix)
     bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
-    await ensure_topics(bootstrap, pipeline_topics(topics, args.partitions))
+    # the departments' topics too, as a deployment (citybrain demo) and the replay make them
+    # before the worker starts: else the lifecycle creates each on its first alert, in the run
+    from streams.routing import load_registry
+
+    await ensure_topics(bootstrap, pipeline_topics(topics, args.partitions)
+                        | department_topics(topics, load_registry().departments, args.partitions), timeout_s=300)
     await produce(bootstrap, topics.readings, records)
     app_id = f"bench-worker-{tag}"
     run_dir = ROOT / ".run" / "bench" / f"worker-{tag}"
