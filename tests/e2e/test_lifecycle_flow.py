@@ -165,28 +165,33 @@ async def wait_log(p: Pipeline, pattern: str, timeout: float = 30) -> str:
     raise AssertionError(f"worker log never matched {pattern!r}:\n{worker_log(p)[-3000:]}")
 
 
-async def test_rainstorm_reaches_water_ema_district_street_and_no_one_else(
-    pipeline: Pipeline, publisher: MqttPublisher
-) -> None:
-    run = pipeline.run
-    subject = f"lc-{run}-underpass"
-    send_levels(publisher, run, "underpass", [3.8, 3.9, 3.85, 3.9])  # orange: above midway of 3.0..4.0 m
+async def rainstorm_routed(p: Pipeline, publisher: MqttPublisher, timeout: float = 60) -> dict[str, Any]:
+    """An orange water level in 望京: its alert, once it reached exactly 水务局, 应急管理局,
+    the district and the street (their topics, and no other department's)."""
+    subject = f"lc-{p.run}-underpass"
+    send_levels(publisher, p.run, "underpass", [3.8, 3.9, 3.85, 3.9])  # orange: above midway of 3.0..4.0 m
 
     expected = {WATER, EMA, DISTRICT, STREET}
-    msgs = await pipeline.consume(pipeline.topics.alerts, lambda got: any(
-        set(a["departments"]) >= expected for a in alerts_of(got, subject)), timeout=60)
+    msgs = await p.consume(p.topics.alerts, lambda got: any(
+        set(a["departments"]) >= expected for a in alerts_of(got, subject)), timeout=timeout)
     alerts = alerts_of(msgs, subject)
     assert alerts, "the water-level alert reaches city.alerts"
     last = alerts[-1]
     assert last["severity"] == "II" and last["category"] == "water"
     assert set(last["departments"]) == expected, "orange water in 朝阳区: 水务局, 应急管理局, district, street"
     assert last["status"] == "dispatched"
-    assert last["evidence"]["details"]["mode"]["mode"] == "normal", "the mode in force is in the evidence"
     for code in sorted(expected):
-        got = await pipeline.consume(pipeline.topics.dept(code), lambda g: len(g) >= 1, timeout=30)
+        got = await p.consume(p.topics.dept(code), lambda g: len(g) >= 1, timeout=30)
         assert got and all(m.key.decode() == last["alert_id"] for m in got), code
-    assert await all_dept_topics(pipeline, expected) == expected, "no other department's topic got anything"
+    assert await all_dept_topics(p, expected) == expected, "no other department's topic got anything"
+    return last
 
+
+async def test_rainstorm_reaches_water_ema_district_street_and_no_one_else(
+    pipeline: Pipeline, publisher: MqttPublisher
+) -> None:
+    last = await rainstorm_routed(pipeline, publisher)
+    assert last["evidence"]["details"]["mode"]["mode"] == "normal", "the mode in force is in the evidence"
     stored = await pipeline.wait_db("SELECT DISTINCT status FROM alert_history WHERE alert_id = $1",
                                     last["alert_id"], until=lambda r: len(r) >= 1)
     assert {r["status"] for r in stored} == {"dispatched"}, "the lifecycle's revisions are stored"
@@ -442,34 +447,50 @@ async def test_emergency_mode_routes_ema_and_is_recorded_in_the_evidence(
     pipeline.sup.check_alive()
 
 
-async def test_lifecycle_state_survives_a_killed_worker(pipeline: Pipeline, publisher: MqttPublisher) -> None:
-    run = pipeline.run
-    subject = f"lc-{run}-culvert"
-    send_levels(publisher, run, "culvert", [3.8, 3.8, 3.8])  # orange: a long SLA, nothing due during the test
-    msgs = await pipeline.consume(pipeline.topics.alerts, lambda got: bool(alerts_of(got, subject)), timeout=60)
+async def acknowledged_culvert_alert(p: Pipeline, publisher: MqttPublisher, timeout: float = 60) -> dict[str, Any]:
+    """An orange culvert alert (a long SLA: nothing due during a test), acknowledged by
+    水务局; its acknowledged revision, once the changelog and offsets are on the broker."""
+    subject = f"lc-{p.run}-culvert"
+    send_levels(publisher, p.run, "culvert", [3.8, 3.8, 3.8])
+    msgs = await p.consume(p.topics.alerts, lambda got: bool(alerts_of(got, subject)), timeout=timeout)
     aid = alerts_of(msgs, subject)[0]["alert_id"]
-    await send_actions(pipeline, [action(aid, "ack", WATER)])
-    msgs = await pipeline.consume(pipeline.topics.alerts, lambda got: any(
+    await send_actions(p, [action(aid, "ack", WATER)])
+    msgs = await p.consume(p.topics.alerts, lambda got: any(
         a["status"] == "acknowledged" for a in alerts_of(got, subject)), timeout=30)
     acked = next(a for a in alerts_of(msgs, subject) if a["status"] == "acknowledged")
     await asyncio.sleep(4)  # the changelog record and the offsets are on the broker
+    return acked
 
-    pipeline.sup.kill("worker")  # SIGKILL: no clean shutdown
-    pipeline.sup.restart("worker")
-    await asyncio.to_thread(pipeline.sup.wait_for_log, "worker", WORKER_READY, 120)
-    second_run = worker_log(pipeline).split(WORKER_READY, 1)[1]
-    recovered = re.search(r"lifecycle: (\d+) alerts with a pending timer after recovery", second_run)
+
+def assert_timers_rebuilt(log_text: str) -> None:
+    """The restarted process (after the first Ready) rebuilt its due-time index from the changelog."""
+    recovered = re.search(r"lifecycle: (\d+) alerts with a pending timer after recovery",
+                          log_text.split(WORKER_READY, 1)[1])
     assert recovered and int(recovered.group(1)) >= 1, "the due-time index was rebuilt from the changelog"
 
-    more = [water(run, "culvert", 10 + i, 4.3) for i in range(3)]  # red now: a new detection revision
+
+async def assert_culvert_alert_continues_acknowledged(p: Pipeline, publisher: MqttPublisher,
+                                                      acked: dict[str, Any]) -> None:  # fmt: skip
+    """A red level now: the same alert's next revision, still acknowledged."""
+    subject = f"lc-{p.run}-culvert"
+    more = [water(p.run, "culvert", 10 + i, 4.3) for i in range(3)]
     for r in more:
         r["ts"] = datetime.now(UTC).isoformat()
         publisher.publish(f"city/sensors/{r['sensor_id']}", json.dumps(r).encode())
-    msgs = await pipeline.consume(pipeline.topics.alerts, lambda got: any(
+    msgs = await p.consume(p.topics.alerts, lambda got: any(
         a["revision"] > acked["revision"] for a in alerts_of(got, subject)), timeout=90)
     later = [a for a in alerts_of(msgs, subject) if a["revision"] > acked["revision"]]
     assert later, "the condition continues after the restart"
-    assert {a["alert_id"] for a in later} == {aid}, "the same alert, not a new one"
+    assert {a["alert_id"] for a in later} == {acked["alert_id"]}, "the same alert, not a new one"
     assert all(a["status"] == "acknowledged" for a in later), "the acknowledgement survived the kill"
     assert later[0]["revision"] == acked["revision"] + 1
+
+
+async def test_lifecycle_state_survives_a_killed_worker(pipeline: Pipeline, publisher: MqttPublisher) -> None:
+    acked = await acknowledged_culvert_alert(pipeline, publisher)
+    pipeline.sup.kill("worker")  # SIGKILL: no clean shutdown
+    pipeline.sup.restart("worker")
+    await asyncio.to_thread(pipeline.sup.wait_for_log, "worker", WORKER_READY, 120)
+    assert_timers_rebuilt(worker_log(pipeline))
+    await assert_culvert_alert_continues_acknowledged(pipeline, publisher, acked)
     pipeline.sup.check_alive()
