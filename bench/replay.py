@@ -92,7 +92,8 @@ async def one_run(settings: ReplaySettings, start: datetime, end: datetime) -> d
     assert out.diff is not None and out.status == "done"
     return {"readings": out.readings, "publish_s": round(out.publish_s, 2), "detect_s": round(out.detect_s, 2),
             "total_s": round(out.total_s, 2), "published_per_s": round(out.readings / out.publish_s),
-            "detected_per_s": round(out.readings / out.detect_s), "alerts": out.diff.replayed}
+            "detected_per_s": round(out.readings / out.detect_s), "alerts": out.diff.replayed,
+            "workers": out.workers}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
@@ -124,7 +125,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     med = sorted(runs, key=lambda r: r["detect_s"])[len(runs) // 2]
     return {"bench": "replay", "readings": len(rows), "sensors": sensors, "runs": len(runs), "median": med,
             "all": runs, "target": {"readings": 1_000_000, "total_s": 60},
-            "conditions": {**conditions(), "quick": bool(args.quick), "quiet_s": args.quiet_s, "workers": args.workers,
+            "conditions": {**conditions(), "quick": bool(args.quick), "quiet_s": args.quiet_s,
+                           "workers": args.workers or f"auto ({med['workers']})",
                            "partitions": "as live (default 4)", "speed": "max"}}
 
 
@@ -135,7 +137,9 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=1, help="replays of the same recording; the median is reported")
     p.add_argument("--quick", action="store_true", help="5,000 readings, one run: a smoke test of the path")
     p.add_argument("--quiet-s", type=float, default=6.0, help="quiet period that ends a run")
-    p.add_argument("--workers", type=int, default=1, help="replay worker processes (one consumer group)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="replay worker processes (one consumer group; default 0: as `citybrain replay`, one per "
+                        "core, at most one per partition)")
     p.add_argument("--keep-schema", action="store_true")
     args = p.parse_args()
     result = asyncio.run(main_async(args))

@@ -91,7 +91,8 @@ class ReplaySettings(BaseSettings):
     worker_tick_s: float = Field(default=2.0, gt=0, description="the replay worker's silence sweep interval")
     stall_timeout_s: float = Field(default=300.0, gt=0, description="no progress for this long: fail")
     worker_stop_timeout_s: float = Field(default=30.0, gt=0)
-    workers: int = Field(default=1, ge=1, le=64, description="worker processes sharing the run's partitions")
+    workers: int = Field(default=0, ge=0, le=64, description="worker processes sharing the run's partitions; "
+                         "0: one per CPU core, at most one per partition")
     worker_log_level: str = "warning"
 
 
@@ -125,6 +126,7 @@ class ReplayOutcome:
     publish_s: float = 0.0  # reading the range and publishing it
     detect_s: float = 0.0  # from the start of the run until the worker had committed every reading
     total_s: float = 0.0
+    workers: int = 0  # worker processes the run used
     diff: ReplayDiff | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -473,6 +475,17 @@ class _AlertCollector:
 
 # --- the worker child ---------------------------------------------------------
 
+def worker_count(asked: int, partitions: int, cpus: int | None = None) -> int:
+    """Worker processes for a run: as asked, else one per CPU core and at most
+    one per partition (a worker without a partition only costs start-up).
+    Several workers replay as one does: each sensor's detection depends only on
+    its own partition, and the lifecycle applies each record at its own event
+    time (tests/e2e/test_replay.py replays 4 partitions with 2 workers)."""
+    if asked > 0:
+        return asked
+    return max(1, min(cpus if cpus is not None else (os.cpu_count() or 1), partitions))
+
+
 def worker_env(base_env: Mapping[str, str], settings: ReplaySettings, req: ReplayRequest, partitions: int,
                data_dir: Path) -> dict[str, str]:
     """The replay worker's environment: the caller's, with the run's app id,
@@ -647,10 +660,11 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
             at=now(),
         )
         run_dir.mkdir(parents=True, exist_ok=True)
+        out.workers = n_workers = worker_count(settings.workers, partitions)
         progress(f"replay {req.run}: {n_readings} readings, {n_hotline} hotline events, {n_actions} operator "
                  f"actions and {n_modes} mode switches of "
                  f"{req.read_from.isoformat()} .. {req.scope.end.isoformat()} into {topics.prefix}* "
-                 f"({partitions} partitions)")
+                 f"({partitions} partitions, {n_workers} worker{'s' if n_workers > 1 else ''})")
         workers = _Workers(settings, run_dir)
         collector = _AlertCollector(kafka, topics.alerts, kw)
         status = "failed"
@@ -663,7 +677,7 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
             await wait_for_leaders(kafka, [topics.readings, topics.hotline, topics.alerts], client_kwargs=kw)
             await collector.start()
             env = worker_env(base_env, settings, req, partitions, run_dir / "faust")
-            await workers.start(env, settings.workers)
+            await workers.start(env, n_workers)
             pub_s = await _publish(settings, conn, req, topics, partitions,
                                    n_readings + n_hotline + n_actions + n_modes, out, stop, workers, progress)
             out.publish_s = pub_s

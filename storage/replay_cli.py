@@ -142,7 +142,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     assert out.diff is not None
     print(f"replay {run}: {out.readings} readings, {out.hotline} hotline events, {out.actions} operator actions, "
           f"{out.modes} mode switches; published in "
-          f"{out.publish_s:.1f} s, through detection in {out.detect_s:.1f} s")
+          f"{out.publish_s:.1f} s, through detection in {out.detect_s:.1f} s by {out.workers} worker"
+          f"{'s' if out.workers != 1 else ''}")
     print(render_table(out.diff))
     print(f"diff: {out.run_dir / 'diff.json'}" + (f" and {req.json_path}" if req.json_path else ""))
     return 0 if out.diff.empty or not args.fail_on_diff else 1
@@ -209,8 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", help="run id (default: time + random suffix)")
     p.add_argument("--partitions", type=int, help="partitions of the replay topics (default: as many as the live "
                    "readings topic has; give the recording's count when it came from another prefix)")
-    p.add_argument("--workers", type=int, help="worker processes sharing the partitions (default 1; more is "
-                   "faster on several cores, but see the README on multi-partition determinism)")
+    p.add_argument("--workers", type=int, help="worker processes sharing the partitions (default: one per CPU "
+                   "core, at most one per partition)")
     p.add_argument("--schema", help="storage schema to read (default $REPLAY_DB_SCHEMA or public)")
     p.add_argument("--fail-on-diff", action="store_true", help="exit 1 when the diff is not empty")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -51,6 +51,9 @@ from tests.services import _reachable, _require
 
 # long: the machine is shared and loaded; these bound a hang, they measure nothing
 RUN_TIMEOUT_S = 600
+# the recording's and the replays' partitions: each worker's per-partition event time, and the
+# lifecycle applying each record at its own event time, must make them replay exactly
+PARTITIONS = 4
 
 
 def _schema_name() -> str:
@@ -134,7 +137,8 @@ class Recording:
     def replay(self, name: str, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
         out = self.root / f"{name}.json"
         r = citybrain(["replay", "--from", self.start, "--to", self.end, "--schema", self.schema, "--json", str(out),
-                       "--run", f"{name}_{self.tag}", "--partitions", "1", "--quiet", *extra], self.env())
+                       "--run", f"{name}_{self.tag}", "--partitions", str(PARTITIONS), "--workers", "2", "--quiet",
+                       *extra], self.env())
         assert r.returncode in (0, 1), r.stderr[-3000:] + r.stdout[-3000:]
         return r, json.loads(out.read_text())
 
@@ -169,9 +173,9 @@ def recording(kafka_bootstrap: str, mqtt_url: str, mqtt_publish_url: str, databa
         WORKER_CLOCK="event",
         WRITER_TOPIC_PREFIX=prefix, WRITER_GROUP_ID=f"test-writer-{tag}", WRITER_DB_SCHEMA=schema,
     )
-    # one partition per topic, for the recording and (--partitions 1) the replays: with several, the
-    # worker's event-time clocks are not deterministic (see the README's Replay section)
-    asyncio.run(ensure_topics(kafka_bootstrap, dict.fromkeys(pipeline_topics(Topics(prefix), 1), 1)))
+    # several partitions, as live, for the recording and the replays (two workers share them)
+    asyncio.run(ensure_topics(kafka_bootstrap, dict.fromkeys(pipeline_topics(Topics(prefix), PARTITIONS),
+                                                             PARTITIONS)))
     sup = Supervisor(root / "logs", base_env=env)
     try:
         sup.start("connector", ["connector", "--log-level", "info"])
@@ -410,7 +414,10 @@ async def test_replay_over_sasl_as_the_replay_principal(
     assert r.returncode == 0, r.stderr[-3000:] + log_text[-3000:]
     assert "AuthorizationFailed" not in log_text and "not authorized" not in log_text, log_text[-3000:]
     assert f"replay {run}: {len(readings)} readings, {len(hotline)} hotline events" in r.stdout
-    assert f"({await live_partitions(kafka_bootstrap)} partitions)" in r.stderr, "the live count, described as replay"
+    live = await live_partitions(kafka_bootstrap)
+    workers = min(os.cpu_count() or 1, live)
+    assert f"({live} partitions, {workers} worker{'s' if workers > 1 else ''})" in r.stderr, \
+        "the live count, described as replay; one worker per core"
     diff = json.loads(out.read_text())
     assert f"diff: {tmp_path / 'replay' / run / 'diff.json'}" in r.stdout
     assert diff["summary"]["recorded"] == 0 and diff["summary"]["replayed"] == len(diff["new"]) >= len(SENSORS)
