@@ -76,6 +76,22 @@ def conditions() -> dict[str, object]:
     }
 
 
+async def topics_on_broker(bootstrap: str) -> int | None:
+    """How many topics the cluster holds: a condition of every worker figure
+    (each whole-cluster metadata refresh decodes them all in pure Python, so
+    a dev broker with thousands of leftover test topics slows the worker)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        return len(await admin.list_topics())
+    except Exception as exc:  # reported, never raised: the figures matter more
+        print(f"bench: could not count the broker's topics ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
 async def drop_topics(bootstrap: str, *prefixes: str) -> int:
     """Delete a run's topics (its topic prefix, its app id's internal topics).
 

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
-from bench.common import ROOT, conditions, drop_topics
+from bench.common import ROOT, conditions, drop_topics, topics_on_broker
 from citybrain.errors import ServiceError
 from citybrain.kafka_admin import department_topics, ensure_topics, pipeline_topics
 from citybrain.partitioner import CachedKeyPartitioner
@@ -142,6 +142,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
         raise SystemExit("bench.worker: KAFKA_BOOTSTRAP_SERVERS is not set; run `make stack-up` "
                          "and source .run/stack.env")
+    topics_before = await topics_on_broker(env["KAFKA_BOOTSTRAP_SERVERS"])
+    if topics_before is not None and topics_before > 500:
+        print(f"bench.worker: the broker holds {topics_before} topics (leftovers of test runs?); every metadata "
+              "refresh decodes them all, so the figures are lower than on a clean cluster", file=sys.stderr)
     t = time.perf_counter()
     records = sim_records(args.readings, args.sensors)
     print(f"bench.worker: {len(records)} readings of {args.sensors} sensors generated in "
@@ -162,7 +166,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "runs": runs,
         "conditions": conditions() | {"readings": len(records), "sensors": args.sensors,
                                       "partitions": args.partitions, "role": args.role,
-                                      "profiled": bool(args.profile)},
+                                      "profiled": bool(args.profile),
+                                      "topics_on_broker_before": topics_before},
     }
 
 
