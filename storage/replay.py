@@ -480,7 +480,8 @@ def worker_count(asked: int, partitions: int, cpus: int | None = None) -> int:
     one per partition (a worker without a partition only costs start-up).
     Several workers replay as one does: each sensor's detection depends only on
     its own partition, and the lifecycle applies each record at its own event
-    time (tests/e2e/test_replay.py replays 4 partitions with 2 workers)."""
+    time (tests/e2e/test_replay.py replays 4 partitions with 2 workers); hotline
+    bursts are the exception, with one worker too (storage/README.md)."""
     if asked > 0:
         return asked
     return max(1, min(cpus if cpus is not None else (os.cpu_count() or 1), partitions))
