@@ -19,7 +19,8 @@ every client the engine makes and the worker it starts use that identity.
 Determinism: rows are read in (ts, key, event_id) order through a server-side
 cursor and published keyed like live (readings by sensor_id, hotline events
 by ticket_id) into as many partitions as the live topics have, so each sensor
-sees the same sequence of readings as it did live. Actions (`alert_actions`,
+sees the same sequence of readings as it did live; the hotline events all on
+one partition, so each area's calls reach it in event-time order. Actions (`alert_actions`,
 keyed by alert_id like live) and switches (`mode_switches`) go to the run's
 action and control topics at their event time, each group of them behind a
 barrier (`_Barrier`): the worker has handled everything before it, and has
@@ -478,10 +479,9 @@ class _AlertCollector:
 def worker_count(asked: int, partitions: int, cpus: int | None = None) -> int:
     """Worker processes for a run: as asked, else one per CPU core and at most
     one per partition (a worker without a partition only costs start-up).
-    Several workers replay as one does: each sensor's detection depends only on
-    its own partition, and the lifecycle applies each record at its own event
-    time (tests/e2e/test_replay.py replays 4 partitions with 2 workers); hotline
-    bursts are the exception, with one worker too (storage/README.md)."""
+    Each sensor's detection depends only on its own partition, whichever worker
+    holds it; what several partitions do not yet reproduce exactly (SLA timers on
+    the event clock) they do not with one worker either (storage/README.md)."""
     if asked > 0:
         return asked
     return max(1, min(cpus if cpus is not None else (os.cpu_count() or 1), partitions))
@@ -731,6 +731,9 @@ def _speed_text(speed: float | None) -> str:
     return "max" if speed is None else f"{speed:g}x"
 
 
+HOTLINE_PARTITION = 0  # a replay's calls all go here (see _publish)
+
+
 class _Batches:
     """Records into per-partition Kafka batches: a replay publishes far faster
     than one `send` per record. The partition is Kafka's default for the key
@@ -751,8 +754,8 @@ class _Batches:
             p = self.part_of[key] = self.partitioner(key, self.all, self.all)
         return p
 
-    async def add(self, topic: str, key: bytes, value: bytes) -> None:
-        tp = (topic, self.partition(key))
+    async def add(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        tp = (topic, self.partition(key) if partition is None else partition)
         batch = self.open.get(tp)
         if batch is None:
             batch = self.open[tp] = self.producer.create_batch()
@@ -909,10 +912,15 @@ async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: Repl
                 if in_controls:
                     await barrier.applied(mode_offset)
                     in_controls, mode_offset = False, None
-                await batches.add(rec.topic, rec.key, rec.value)
                 if rec.kind == "reading":
+                    await batches.add(rec.topic, rec.key, rec.value)
                     out.readings += 1
                 else:
+                    # every call on one partition, in the recorded order: the workflow agent forwards
+                    # them to their area's partition in that order, so each area's burst detector sees
+                    # its calls in event-time order whichever worker runs it, rather than interleaved
+                    # by how far each ticket partition has got (a handful of records a minute)
+                    await batches.add(rec.topic, rec.key, rec.value, partition=HOTLINE_PARTITION)
                     out.hotline += 1
                 n += 1
                 if n % settings.fetch_batch == 0:
