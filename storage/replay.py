@@ -738,7 +738,8 @@ class _Batches:
     """Records into per-partition Kafka batches: a replay publishes far faster
     than one `send` per record. The partition is Kafka's default for the key
     (murmur2, as the connector's producer picks it), so a replayed sensor
-    lands where it did live; batches of one partition go out in order."""
+    lands where it did live, unless the caller names one (the hotline events,
+    all on HOTLINE_PARTITION); batches of one partition go out in order."""
 
     def __init__(self, producer: AIOKafkaProducer, partitions: int) -> None:
         self.producer = producer
