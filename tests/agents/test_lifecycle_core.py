@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 
@@ -81,3 +82,65 @@ def test_finished_alert_dropped_after_its_retention_only() -> None:
     assert b"a-0" in store
     (dropped,) = core.tick(T0 + timedelta(minutes=65))
     assert dropped[0] == b"a-0" and dropped[3] is None and b"a-0" not in store
+
+
+def cleared_at(i: int, minutes: float) -> bytes:
+    body = orjson.loads(alert(i))
+    body.update(status="cleared", revision=2, last_seen=(T0 + timedelta(minutes=minutes)).isoformat())
+    return orjson.dumps(body)
+
+
+def test_a_record_from_a_partition_that_runs_ahead_fires_only_its_own_alerts_timers() -> None:
+    """A replay (streams.markers): alert a-0 is cleared at T0+20 min, before its
+    acknowledge-by at T0+30; a-1's record at T0+40 min, from a partition that
+    ran ahead, arrives before that clear. Firing every due timer at a record's
+    time escalated a-0 (the bug); firing only the record's own alert's timers,
+    and the rest once the safe time is past them, does not."""
+    def run(own_only: bool) -> dict[str, Any]:
+        store: dict[bytes, bytes] = {}
+        core = LifecycleCore(Lifecycle(load_rules()), store)
+        core.apply("detected", b"a-0", alert(0), T0, 0)
+        ahead = T0 + timedelta(minutes=40)
+        core.tick_own(b"a-1", ahead) if own_only else core.tick(ahead)
+        core.apply("detected", b"a-1", alert(1), ahead, 1)
+        core.apply("detected", b"a-0", cleared_at(0, 20), T0 + timedelta(minutes=20), 0)
+        core.tick(T0 + timedelta(minutes=45), at_due=own_only)  # the safe time, once every partition is past
+        st: dict[str, Any] = orjson.loads(store[b"a-0"])
+        return st
+
+    assert run(own_only=False)["timers"]["rung"] == 1, "the old way: escalated before its clear arrived"
+    st = run(own_only=True)
+    assert st["status"] == "cleared"
+    assert st["timers"]["rung"] == 0 and not st["timers"]["escalations"], "as live: cleared before its deadline"
+
+
+def test_tick_own_fires_the_alerts_due_timers_before_its_record_and_no_others() -> None:
+    store: dict[bytes, bytes] = {}
+    core = LifecycleCore(Lifecycle(load_rules()), store)
+    core.apply("detected", b"a-0", alert(0, Severity.I), T0, 0)  # red: acknowledge within 5 min
+    core.apply("detected", b"a-1", alert(1, Severity.I), T0, 1)
+    fired = core.tick_own(b"a-0", T0 + timedelta(minutes=6))
+    assert {k for k, *_ in fired} == {b"a-0"}
+    assert orjson.loads(store[b"a-0"])["timers"]["rung"] == 2, "escalated at its deadline, T0+5 min"
+    assert orjson.loads(store[b"a-1"])["timers"]["rung"] == 1, "another alert's timer waits for the safe time"
+    assert core.tick_own(b"a-0", T0 + timedelta(minutes=6)) == [], "nothing twice"
+    assert {k for k, *_ in core.tick(T0 + timedelta(minutes=6), at_due=True)} == {b"a-1"}
+
+
+def test_at_due_fires_each_timer_at_its_own_deadline_however_late_the_tick() -> None:
+    """A replay's safe time may jump far past several deadlines of one alert:
+    each fires, in order, dated at its deadline, as a live tick every 30 s would."""
+    end = T0 + timedelta(hours=4)
+
+    def escalations(ticks: list[datetime], at_due: bool) -> list[str]:
+        store: dict[bytes, bytes] = {}
+        core = LifecycleCore(Lifecycle(load_rules()), store)
+        core.apply("detected", b"a-0", alert(0), T0, 0)  # yellow: from the street up
+        for t in ticks:
+            core.tick(t, at_due=at_due)
+        return [e["at"] for e in orjson.loads(store[b"a-0"])["timers"]["escalations"]]
+
+    every_30_s = escalations([T0 + timedelta(seconds=30 * i) for i in range(1, 4 * 120 + 1)], at_due=False)
+    assert len(every_30_s) >= 2
+    assert escalations([end], at_due=True) == every_30_s
+    assert len(escalations([end], at_due=False)) == 1, "the live tick: one rung per call"
