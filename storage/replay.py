@@ -42,9 +42,9 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +67,11 @@ from storage.audit import append_audit
 from storage.db import connect
 from storage.kafka_topics import ensure_control_topic
 from storage.replay_diff import AlertView, ReplayDiff, Scope, check_run, diff_alerts, keep_latest
+from streams import markers
 
 log = logging.getLogger("citybrain.storage.replay")
 DEFAULT_PARTITIONS = 4
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ReplaySettings(BaseSettings):
@@ -95,6 +97,8 @@ class ReplaySettings(BaseSettings):
     workers: int = Field(default=0, ge=0, le=64, description="worker processes sharing the run's partitions; "
                          "0: one per CPU core, at most one per partition")
     worker_log_level: str = "warning"
+    marker_every_s: float = Field(default=60.0, gt=0, description="event seconds between the progress "
+                                  "markers put on every readings and hotline partition (streams.markers)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,8 +484,8 @@ def worker_count(asked: int, partitions: int, cpus: int | None = None) -> int:
     """Worker processes for a run: as asked, else one per CPU core and at most
     one per partition (a worker without a partition only costs start-up).
     Each sensor's detection depends only on its own partition, whichever worker
-    holds it; what several partitions do not yet reproduce exactly (SLA timers on
-    the event clock) they do not with one worker either (storage/README.md)."""
+    holds it, and SLA timers wait for every partition's progress markers
+    (streams.markers), so the count changes no alert."""
     if asked > 0:
         return asked
     return max(1, min(cpus if cpus is not None else (os.cpu_count() or 1), partitions))
@@ -510,6 +514,9 @@ def worker_env(base_env: Mapping[str, str], settings: ReplaySettings, req: Repla
         env["WORKER_RULES_FILE"] = str(req.rules_file)
     if _worker_has_event_clock():
         env["WORKER_CLOCK"] = "event"
+        # SLA timers fire once every partition is past them (streams.markers), not at the
+        # latest event time of whichever partition runs ahead
+        env["WORKER_PROGRESS_MARKERS"] = "true"
     return env
 
 
@@ -679,6 +686,7 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
             await collector.start()
             env = worker_env(base_env, settings, req, partitions, run_dir / "faust")
             await workers.start(env, n_workers)
+            await _all_joined(settings, req, n_workers, stop, workers, progress)
             pub_s = await _publish(settings, conn, req, topics, partitions,
                                    n_readings + n_hotline + n_actions + n_modes, out, stop, workers, progress)
             out.publish_s = pub_s
@@ -769,6 +777,13 @@ class _Batches:
         batch = self.open.pop(tp)
         self.sent.append(await self.producer.send_batch(batch, tp[0], partition=tp[1]))
 
+    async def mark(self, topics: Sequence[str], at: datetime, final: bool = False) -> None:
+        """A progress marker on every partition of `topics`, after what each has been given."""
+        body = markers.encode("engine", at, final)
+        for topic in topics:
+            for p in self.all:
+                await self.add(topic, markers.KEY, body, partition=p)
+
     async def flush(self) -> None:
         """Send every open batch and wait until Kafka has them all (acks=all)."""
         for tp in list(self.open):
@@ -840,7 +855,7 @@ class _Barrier:
         """Until the worker has handled everything published so far."""
         admin, consumer = await self._clients()
         t = self.topics
-        watched = [t.readings, t.hotline, t.alerts_detected, t.actions]
+        watched = [t.readings, t.hotline, t.incident_items, t.alerts_detected, t.actions]
 
         async def done() -> Any:
             _, ahead = await _worker_lag(admin, consumer, app_id(self.req.run), watched, self.partitions)
@@ -886,9 +901,22 @@ async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: Repl
     n = 0
     in_controls = False  # published actions / switches the worker has not been seen to apply yet
     mode_offset: int | None = None
+    # progress markers (streams.markers) at fixed event times: every `marker_every_s`, and a final
+    # one at the last record's time; fixed times, so the windows they tick (hotline bursts) close
+    # at the same times in every replay of the range
+    every = timedelta(seconds=settings.marker_every_s)
+    marked_topics = (topics.readings, topics.hotline)
+    next_mark: datetime | None = None
+    last_ts: datetime | None = None
     try:
         async with conn.transaction(readonly=True, isolation="repeatable_read"):
             async for rec in merged_records(conn, req, topics, settings.fetch_batch):
+                if next_mark is None or rec.ts >= next_mark:
+                    mark = EPOCH + every * ((rec.ts - EPOCH) // every)
+                    if next_mark is not None:
+                        await batches.mark(marked_topics, mark)
+                    next_mark = mark + every
+                last_ts = rec.ts
                 if req.speed is not None:
                     first_ts = first_ts or rec.ts
                     due = (rec.ts - first_ts).total_seconds() / req.speed - (time.monotonic() - t0)
@@ -933,6 +961,8 @@ async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: Repl
                         last_report = elapsed
                         progress(f"published {n}/{total} ({100 * n / max(total, 1):.0f} %), "
                                  f"{n / max(elapsed, 1e-9):,.0f} records/s")
+            if last_ts is not None:
+                await batches.mark(marked_topics, last_ts, final=True)
             await batches.flush()
             if in_controls:
                 await barrier.applied(mode_offset)
@@ -944,6 +974,32 @@ async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: Repl
              f"{out.actions} operator actions and {out.modes} mode switches") if barrier.waits else ""
     progress(f"published {n}/{total} records in {elapsed:.1f} s ({n / max(elapsed, 1e-9):,.0f}/s){waits}")
     return elapsed
+
+
+async def _all_joined(settings: ReplaySettings, req: ReplayRequest, n: int, stop: asyncio.Event,
+                      workers: _Workers, progress: Progress) -> None:
+    """Until every worker is in the run's consumer group and the group is stable.
+    Publishing before the last one joined made Faust rebalance mid-run, and a
+    partition handed over then could stop committing (offsets read in the
+    handover window, streams.faust_fixes), so the run never caught up."""
+    group = app_id(req.run)
+    t0 = time.monotonic()
+    async with _admin(settings.kafka_bootstrap_servers, settings.kafka_security.aiokafka_kwargs()) as admin:
+        while True:
+            workers.check()
+            try:
+                found = [g for r in await admin.describe_consumer_groups([group]) for g in r.groups if g[1] == group]
+            except KafkaError:
+                found = []
+            state = (found[0][2], len(found[0][5])) if found else ("absent", 0)
+            if state[0] == "Stable" and state[1] >= n:
+                progress(f"{n} worker{'s' if n > 1 else ''} ready after {time.monotonic() - t0:.1f} s")
+                return
+            if time.monotonic() - t0 > settings.stall_timeout_s:
+                raise ServiceError(f"replay workers did not all join group {group} within "
+                                   f"{settings.stall_timeout_s:.0f} s ({state[1]} of {n}, {state[0]}); "
+                                   f"see {workers.log_path(0)}")
+            await _sleep_or_stop(0.5, stop)
 
 
 async def _sleep_or_stop(seconds: float, stop: asyncio.Event) -> None:
@@ -966,7 +1022,8 @@ async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics
     last_seen: tuple[int, int] = (-1, -1)
     last_progress_at = time.monotonic()
     caught_up_at: float | None = None
-    watched = [topics.readings, topics.hotline, topics.alerts_detected, topics.actions]
+    watched = [topics.readings, topics.hotline, topics.incident_items, topics.alerts_detected,
+               topics.actions]
     try:
         async with _admin(settings.kafka_bootstrap_servers, kw) as admin:
             while True:
@@ -977,13 +1034,14 @@ async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics
                 t = time.monotonic()
                 if (done, ahead) != last_seen:
                     last_seen, last_progress_at = (done, ahead), t
-                    progress(f"detected {done}/{n_readings} readings, {ahead} records ahead of the worker, "
-                             f"{len(collector.latest)} alerts")
+                    # min: the readings topic also carries the progress markers
+                    progress(f"detected {min(done, n_readings)}/{n_readings} readings, {ahead} records ahead "
+                             f"of the worker, {len(collector.latest)} alerts")
                 if ahead == 0:
                     caught_up_at = caught_up_at or t
                     if t - max(caught_up_at, collector.last_at) >= settings.quiet_s:
-                        progress(f"caught up: {done} readings through detection in {t - t0:.1f} s after "
-                                 f"publishing; {len(collector.latest)} alerts")
+                        progress(f"caught up: {min(done, n_readings)} readings through detection in "
+                                 f"{t - t0:.1f} s after publishing; {len(collector.latest)} alerts")
                         return caught_up_at
                 else:
                     caught_up_at = None

@@ -57,6 +57,9 @@ class WorkerSettings(BaseSettings):
     lateness_s: float = 600.0
     # SLA timers: the wall clock live, the event-time clock in replay
     clock: Literal["wall", "event"] = "wall"
+    # a replay worker (event clock): stages follow and forward the engine's progress
+    # markers (streams.markers), and SLA timers fire only once no earlier record can come
+    progress_markers: bool = False
     lifecycle_tick_s: float = 1.0
     # tickets, KPIs and incidents are slow-moving: a longer batching window
     # (take_events wakes every `within` even when idle) saves the idle CPU

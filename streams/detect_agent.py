@@ -44,6 +44,11 @@ from schemas import SensorReading
 from streams.changelog import ChangelogBatcher
 from streams.context import EPOCH, WorkerContext
 from streams.faust_drain import register_batch_handler
+from streams.markers import KEY as MARKER_KEY
+from streams.markers import PREFIX as MARKER_PREFIX
+from streams.markers import decode as decode_marker
+from streams.markers import encode as encode_marker
+from streams.markers import forwarded
 from streams.pipeline import ReadingProcessor
 
 log = logging.getLogger("citybrain.streams")
@@ -83,6 +88,7 @@ class DetectStage:
         # one batch at a time, whoever feeds it (a lane left over from a restarted fetcher,
         # the agent): two interleaved batches would step a sensor from the same old state
         self._one_batch = asyncio.Lock()
+        self.markers = ctx.settings.progress_markers
 
     def current_rules(self) -> None:
         # hot reload: the holder swaps its table; the processor reads it per batch
@@ -100,9 +106,20 @@ class DetectStage:
         touched: dict[bytes, tuple[int, dict[str, Any]]] = {}
         self.in_flight = touched
         validate = SensorReading.model_validate_json
+        marked: dict[int, tuple[datetime, bool]] = {}  # this batch's progress markers: partition -> (time, final)
+        markers = self.markers
         for n, msg in enumerate(messages, 1):
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+            if markers and msg.value and msg.value.startswith(MARKER_PREFIX):
+                try:
+                    _, at, final = decode_marker(msg.value)
+                except ValueError as exc:
+                    await ctx.dead_letter(_AsEvent(msg), "invalid_marker", str(exc), "detect")
+                    continue
+                if msg.partition not in marked or at > marked[msg.partition][0]:
+                    marked[msg.partition] = (at, final)
+                continue
             try:
                 reading = validate(msg.value)
             except ValidationError as exc:
@@ -149,6 +166,26 @@ class DetectStage:
         self.in_flight = {}
         if changes:
             await self.changelog.send(changes)
+        if marked:
+            await self._forward_markers(marked)
+
+    async def _forward_markers(self, marked: dict[int, tuple[datetime, bool]]) -> None:
+        """A replay's markers (streams.markers): nothing earlier than T follows on
+        partition p. Its sensors are swept for silence at T minus the lateness,
+        as live sweeps them at its watermark minus the lateness; a silence opens
+        with the same alert whether a sweep or the next reading finds it
+        (streams.detectors.health). Then every partition of the detected topic
+        is told how far this partition's alerts have got, after those alerts."""
+        lateness = timedelta(seconds=self.ctx.settings.lateness_s)
+        for p, (at, _) in marked.items():
+            if at > self.watermarks.get(p, EPOCH):
+                self.watermarks[p] = at
+        await self._sweep({p: at - lateness for p, (at, _) in marked.items()})
+        topic = self.ctx.extras["detected_topic"]
+        for p, (at, final) in sorted(marked.items()):
+            body = encode_marker(f"detect:{p}", forwarded(at, final, lateness), final)
+            for q in range(self.ctx.settings.partitions):
+                await topic.send(key=MARKER_KEY, value=body, partition=q, force=True)
 
     async def tick(self, lateness: timedelta) -> None:
         """Silence is detected by event-time progress, not by the next reading:
@@ -160,7 +197,10 @@ class DetectStage:
             await self._tick(lateness)
 
     async def _tick(self, lateness: timedelta) -> None:
-        marks = {p: t - lateness for p, t in self.watermarks.items()}
+        await self._sweep({p: t - lateness for p, t in self.watermarks.items()})
+
+    async def _sweep(self, marks: dict[int, datetime]) -> None:
+        """Tick every sensor of a partition in `marks` at that partition's mark."""
         if not marks:
             return
         self.current_rules()

@@ -47,7 +47,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas import Alert, HotlineEvent, Incident
-from streams import kpi
+from streams import kpi, markers
 from streams.alerting import AlertPolicy, apply_signal
 from streams.context import WorkerContext
 from streams.detectors.base import LateEvent
@@ -376,9 +376,11 @@ class AreaCore:
             out.changed.append((self.INCIDENTS, key, body))
         out.incidents.extend(incidents)
 
-    def tick_spikes(self, watermark: datetime, mode_of: ModeOf) -> list[tuple[bytes, int, list[Alert], bytes]]:
-        """Advance the windows of the bursts in progress, so a burst clears when the calls stop:
-        (key, partition, alert revisions, new state bytes) for each burst."""
+    def tick_spikes(self, watermark: datetime, mode_of: ModeOf,
+                    partition: int | None = None) -> list[tuple[bytes, int, list[Alert], bytes]]:
+        """Advance the windows of the bursts in progress (of one partition, if given), so a
+        burst clears when the calls stop: (key, partition, alert revisions, new state bytes)
+        for each burst."""
         out: list[tuple[bytes, int, list[Alert], bytes]] = []
         name = self.engine.hotline.name
         for key in sorted(self._bursting):
@@ -387,6 +389,8 @@ class AreaCore:
                 self._bursting.discard(key)
                 continue
             assert st is not None
+            if partition is not None and int(st.get("p", 0)) != partition:
+                continue
             st["det"], signals = self.engine.tick(st["det"], watermark)
             alerts = self._signals_to_alerts(st, signals, mode_of(st["det"][name]["loc"]["district"])) \
                 if signals else []
@@ -503,12 +507,59 @@ def register(ctx: WorkerContext) -> None:
                 # a tombstone (as Faust deletes): gone after a recovery too
                 ticket_table.send_changelog(partition, key, None, value_serializer="raw")
 
+    # a replay's progress (streams.markers): calls forwarded before a marker reach each area
+    # partition before it; the area agent ticks its bursts and tells the lifecycle how far it is
+    area_progress = markers.Progress(f"hotline:{p}" for p in range(s.partitions))
+
+    async def forward_hotline_marker(event: Any) -> None:
+        msg = event.message
+        try:
+            _, at, final = markers.decode(msg.value)
+        except ValueError as exc:
+            await ctx.dead_letter(event, "invalid_marker", str(exc), "hotline")
+            return
+        body = markers.encode(f"hotline:{msg.partition}", at, final)
+        for r in range(s.partitions):
+            await items_topic.send(key=markers.KEY, value=body, partition=r, headers=[(KIND_HEADER, b"marker")],
+                                   force=True)
+
+    area_finals: set[tuple[int, str]] = set()  # (partition, source) whose final marker is in
+
+    def last_of(partition: int) -> bool:
+        """Every hotline partition's final marker has reached this area partition."""
+        return all((partition, src) in area_finals for src in area_progress.sources)
+
+    async def area_marker(value: bytes, partition: int) -> None:
+        """Bursts clear by event time only: ticked at the safe time of their partition
+        minus the lateness, the watermark live ticks them at; then the lifecycle hears
+        that no burst revision earlier than that can come from this partition."""
+        source, at, final = markers.decode(value)
+        before, was_last = area_progress.safe([partition]), last_of(partition)
+        area_progress.observe(partition, source, at)
+        if final:
+            area_finals.add((partition, source))
+        safe, last = area_progress.safe([partition]), last_of(partition)
+        if safe is None or (before is not None and safe <= before and last == was_last):
+            return
+        lateness = timedelta(seconds=s.lateness_s)
+        for key, p, alerts, body in area.tick_spikes(safe - lateness, ctx.modes.mode_for, partition):
+            spike_table.send_changelog(p, key, body)
+            for a in alerts:
+                await publish_alert(a)
+        if detected_topic is not None:
+            body = markers.encode(f"area:{partition}", markers.forwarded(safe, last, lateness), last)
+            for q in range(s.partitions):
+                await detected_topic.send(key=markers.KEY, value=body, partition=q, force=True)
+
     @app.agent(hotline_topic, name="hotline-workflow")
     async def hotline_workflow(stream: Any) -> None:
         async for events in stream.take_events(s.batch_max, within=s.hotline_batch_within_s):
             async with ticket_lock:
                 for event in events:
                     msg = event.message
+                    if s.progress_markers and markers.is_marker(msg.value):
+                        await forward_hotline_marker(event)
+                        continue
                     try:
                         ev = TicketCore.parse(msg.key, msg.value)
                         if ctx.clock.kind == "event":
@@ -599,6 +650,12 @@ def register(ctx: WorkerContext) -> None:
                     msg = event.message
                     kind = dict(msg.headers or ()).get(KIND_HEADER)
                     try:
+                        if kind == b"marker" and s.progress_markers:
+                            try:
+                                await area_marker(msg.value, msg.partition)
+                            except ValueError as exc:
+                                raise InvalidRecord("invalid_marker", str(exc)) from None
+                            continue
                         if kind == b"hotline":
                             ev = TicketCore.parse(None, msg.value)
                             out = area.hotline(ev, msg.partition, ctx.modes.mode_for(ev.location.district))
@@ -631,7 +688,9 @@ def register(ctx: WorkerContext) -> None:
         now = ctx.clock.now()
         async with area_lock:
             try:
-                spikes = area.tick_spikes(now - timedelta(seconds=s.lateness_s), ctx.modes.mode_for)
+                # a replay ticks its bursts at its markers' times (area_marker), not as the wall clock runs
+                spikes = [] if s.progress_markers else area.tick_spikes(now - timedelta(seconds=s.lateness_s),
+                                                                         ctx.modes.mode_for)
                 closed = area.tick_incidents(now)
             except Exception:
                 log.exception("hotline/incident tick failed")

@@ -37,6 +37,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas import Alert, AlertAction, AlertStatus
+from streams import markers
 from streams.context import WorkerContext
 from streams.escalation import Notice
 from streams.lifecycle import (
@@ -180,41 +181,65 @@ class LifecycleCore:
         return out, self._save(key, new)
 
     def tick(
-        self, now: datetime, owned: Callable[[int], bool] | None = None
+        self, now: datetime, owned: Callable[[int], bool] | None = None, *, at_due: bool = False
     ) -> list[tuple[bytes, int, Outcome, bytes | None]]:
         """Every alert whose due time has passed, once each: (key, partition,
         outcome, new state bytes, or None when the alert was dropped after its
         retention). `owned(partition)` filters out alerts whose partition this
-        worker no longer holds."""
+        worker no longer holds. `at_due` (a replay): each timer fires at its own
+        due time, one after the other in time order, up to `now`, so the outcome
+        does not depend on how far past them the clock had got."""
+        out: list[tuple[bytes, int, Outcome, bytes | None]] = []
+        if at_due:
+            while (due := self.next_due()) is not None and due <= now:
+                _, key = heapq.heappop(self._heap)
+                self._due.pop(key, None)
+                if (fired := self._fire(key, due, owned)) is not None:
+                    out.append(fired)
+            return out
         keys: list[bytes] = []
         while (due := self.next_due()) is not None and due <= now:
             _, key = heapq.heappop(self._heap)
             self._due.pop(key, None)
             keys.append(key)
-        out: list[tuple[bytes, int, Outcome, bytes | None]] = []
         for key in keys:
-            st = self._load(key)
-            if st is None:
-                continue
-            p = int(st.get("p", 0))
-            if owned is not None and not owned(p):
-                continue
-            expires = self._expires_at(st)
-            if expires is not None and expires <= now:
-                del self.store[key]
-                out.append((key, p, Outcome(), None))
-                continue
-            new, step = self.lc.tick(st, now)
-            if new is None:
-                continue
-            if new is st:  # nothing changed: keep it indexed, but never at or before `now` again
-                due = self.lc.due_at(st)
-                if due is not None and due > now:
-                    self._index(key, st)
-                continue
-            new["p"] = p
-            out.append((key, p, Outcome(step.alerts, step.notices, None), self._save(key, new)))
+            if (fired := self._fire(key, now, owned)) is not None:
+                out.append(fired)
         return out
+
+    def tick_own(self, key: bytes, upto: datetime) -> list[tuple[bytes, int, Outcome, bytes | None]]:
+        """The timers of one alert due at or before `upto`, each at its due time:
+        a replay applies an alert's record only after the timers that came
+        before it live, whatever the other alerts' sources have reached."""
+        out: list[tuple[bytes, int, Outcome, bytes | None]] = []
+        while (due := self._due.get(key)) is not None and due <= upto:
+            self._due.pop(key, None)  # its heap entry is now stale: next_due skips it
+            if (fired := self._fire(key, due, None)) is not None:
+                out.append(fired)
+        return out
+
+    def _fire(self, key: bytes, now: datetime,
+              owned: Callable[[int], bool] | None) -> tuple[bytes, int, Outcome, bytes | None] | None:
+        st = self._load(key)
+        if st is None:
+            return None
+        p = int(st.get("p", 0))
+        if owned is not None and not owned(p):
+            return None
+        expires = self._expires_at(st)
+        if expires is not None and expires <= now:
+            del self.store[key]
+            return key, p, Outcome(), None
+        new, step = self.lc.tick(st, now)
+        if new is None:
+            return None
+        if new is st:  # nothing changed: keep it indexed, but never at or before `now` again
+            due = self.lc.due_at(st)
+            if due is not None and due > now:
+                self._index(key, st)
+            return None
+        new["p"] = p
+        return key, p, Outcome(step.alerts, step.notices, None), self._save(key, new)
 
 
 def held_event(key: bytes, entry: Mapping[str, Any]) -> Any:
@@ -254,20 +279,43 @@ def register(ctx: WorkerContext) -> None:
             log.info("lifecycle %s %s: %s (%s)", n.kind, n.alert_id, n.reason, ", ".join(n.departments))
             await ctx.publish_notice(n.alert_id.encode(), orjson.dumps(n.as_dict()))
 
+    # A replay (progress markers, streams.markers): every detected partition hears from each
+    # readings partition's detect stage and each area partition's burst detector how far it has
+    # got; a timer fires once all of them are past it, so no earlier record of its alert can
+    # still come from a partition that runs behind
+    by_markers = s.progress_markers
+    progress = markers.Progress([*(f"detect:{p}" for p in range(s.partitions)),
+                                 *(f"area:{p}" for p in range(s.partitions))])
+
+    def safe_time() -> datetime | None:
+        return progress.safe([p for p in range(s.partitions) if owned(p)])
+
     async def run_due(is_owned: Callable[[int], bool] = owned) -> None:
         if not ctx.clock.started:
             return
+        now = ctx.clock.now()
+        if by_markers:
+            # never past the latest event time applied either, as the live event clock: after
+            # the replay's final markers, timers fire as far as live's had got, not further
+            safe = safe_time()
+            if safe is None:
+                return
+            now = min(now, safe)
         async with lock:
-            for key, partition, outcome, body in core.tick(ctx.clock.now(), is_owned):
+            for key, partition, outcome, body in core.tick(now, is_owned, at_due=by_markers):
                 # body None: a tombstone, as Faust's own table deletion sends
                 table.send_changelog(partition, key, body, value_serializer="raw")
                 await emit(outcome)
-            await expire_held()
+            await expire_held(now)
 
     async def step(kind: Kind, event: Any, key: bytes | None, value: bytes, partition: int) -> None:
         """One record (under the lock): apply it, dead-letter a refusal, changelog, publish.
         A detection that makes an alert known releases the actions held for it."""
         try:
+            if by_markers and kind == "detected" and markers.is_marker(value):
+                source, marked, _ = markers.decode(value)
+                progress.observe(partition, source, marked)
+                return  # handle() runs the timers the marker has made safe
             if key is None:
                 raise ValueError("a record without a key (alert_id)")
             # live, a record is applied at the wall clock (SLA clocks start at dispatch);
@@ -281,8 +329,10 @@ def register(ctx: WorkerContext) -> None:
                 if isinstance(ts, str):
                     at = datetime.fromisoformat(ts)
                 ctx.clock.observe(at)
-                # timers due before this record fire before it, whatever else ran ahead
-                for due_key, due_partition, due, due_body in core.tick(at, owned):
+                # timers due before this record fire before it, whatever else ran ahead; with
+                # markers only its own alert's: the others' may have records still to come
+                fired = core.tick_own(key, at) if by_markers else core.tick(at, owned)
+                for due_key, due_partition, due, due_body in fired:
                     table.send_changelog(due_partition, due_key, due_body, value_serializer="raw")
                     await emit(due)
             msg = event.message
@@ -312,8 +362,8 @@ def register(ctx: WorkerContext) -> None:
             for entry in core.release(key):
                 await step("action", held_event(key, entry), key, entry["value"].encode(), partition)
 
-    async def expire_held() -> None:
-        for key, entry, rejection in core.expire_held(ctx.clock.now()):
+    async def expire_held(now: datetime) -> None:
+        for key, entry, rejection in core.expire_held(now):
             await ctx.dead_letter(held_event(key, entry), rejection.reason, rejection.message, "lifecycle")
 
     async def handle(kind: Kind, events: list[Any]) -> None:

@@ -45,15 +45,20 @@ from sim.scenarios import city
 from storage.db import connect
 from storage.migrate import migrate
 from storage.replay import list_replay_topics
+from streams import markers
 from streams.routing import RULES_DIR
 from tests.e2e.conftest import ROOT, wait_until_subscribed
 from tests.services import _reachable, _require
 
 # long: the machine is shared and loaded; these bound a hang, they measure nothing
 RUN_TIMEOUT_S = 600
-# the recording's and the replays' partitions: one, so the lifecycle's event clock (SLA timers) is
-# exact; with several it is not yet (storage/README.md, "What a replay can and cannot reproduce")
-PARTITIONS = 1
+# The recording: one partition. Its live worker runs on the event clock (above), which is exact
+# only when one partition hands it every record in event-time order; a city's wall clock has no
+# such limit. The replays: four partitions shared by two workers, which must reproduce it exactly
+# all the same (streams.markers: a timer fires once every partition is past it).
+RECORDING_PARTITIONS = 1
+REPLAY_PARTITIONS = 4
+REPLAY_WORKERS = 2
 
 
 def _schema_name() -> str:
@@ -137,7 +142,8 @@ class Recording:
     def replay(self, name: str, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
         out = self.root / f"{name}.json"
         r = citybrain(["replay", "--from", self.start, "--to", self.end, "--schema", self.schema, "--json", str(out),
-                       "--run", f"{name}_{self.tag}", "--partitions", str(PARTITIONS), "--quiet", *extra], self.env())
+                       "--run", f"{name}_{self.tag}", "--partitions", str(REPLAY_PARTITIONS),
+                       "--workers", str(REPLAY_WORKERS), "--quiet", *extra], self.env())
         assert r.returncode in (0, 1), r.stderr[-3000:] + r.stdout[-3000:]
         return r, json.loads(out.read_text())
 
@@ -172,9 +178,9 @@ def recording(kafka_bootstrap: str, mqtt_url: str, mqtt_publish_url: str, databa
         WORKER_CLOCK="event",
         WRITER_TOPIC_PREFIX=prefix, WRITER_GROUP_ID=f"test-writer-{tag}", WRITER_DB_SCHEMA=schema,
     )
-    # one partition per topic, for the recording and the replays (see PARTITIONS)
-    asyncio.run(ensure_topics(kafka_bootstrap, dict.fromkeys(pipeline_topics(Topics(prefix), PARTITIONS),
-                                                             PARTITIONS)))
+    # one partition per topic for the recording (see RECORDING_PARTITIONS)
+    asyncio.run(ensure_topics(kafka_bootstrap, dict.fromkeys(pipeline_topics(Topics(prefix), RECORDING_PARTITIONS),
+                                                             RECORDING_PARTITIONS)))
     sup = Supervisor(root / "logs", base_env=env)
     try:
         sup.start("connector", ["connector", "--log-level", "info"])
@@ -322,8 +328,21 @@ async def test_replay_topics_keys_order_keep_list_clean_and_ctrl_c(
     assert "published" in kept.stderr and "caught up" in kept.stderr  # progress on stderr
 
     # keyed like live (murmur2 of the key over the live partition count), each sensor in event-time order
-    msgs = await _drain(kafka_bootstrap, f"replay.{run}.city.sensor.readings", len(readings))
+    # with a progress marker per partition at each event minute and a final one (streams.markers)
+    n_marks = 4 * (19 + 1)
+    sent = await _drain(kafka_bootstrap, f"replay.{run}.city.sensor.readings", len(readings) + n_marks)
+    msgs = [m for m in sent if not markers.is_marker(m.value)]
     assert len(msgs) == len(readings)
+    last = T0 + timedelta(seconds=30 * 39)
+    for p in range(4):
+        floor, seen = None, []
+        for m in sorted((m for m in sent if m.partition == p), key=lambda m: m.offset):
+            if markers.is_marker(m.value):
+                _, floor, final = markers.decode(m.value)
+                seen.append((floor, final))
+            else:  # a marker promises that nothing earlier follows on its partition
+                assert floor is None or datetime.fromisoformat(json.loads(m.value)["ts"]) >= floor
+        assert seen == [(T0 + timedelta(minutes=k), False) for k in range(1, 20)] + [(last, True)]
     partitioner = DefaultPartitioner()
     n_parts = 1 + max(m.partition for m in msgs)
     assert n_parts == 4
@@ -333,7 +352,8 @@ async def test_replay_topics_keys_order_keep_list_clean_and_ctrl_c(
         per_sensor.setdefault(m.key, []).append(json.loads(m.value)["ts"])
     assert set(per_sensor) == {s.encode() for s in SENSORS}
     assert all(ts == sorted(ts) and len(ts) == 40 for ts in per_sensor.values())
-    calls = await _drain(kafka_bootstrap, f"replay.{run}.city.hotline.events", len(hotline))
+    calls = [m for m in await _drain(kafka_bootstrap, f"replay.{run}.city.hotline.events", len(hotline) + n_marks)
+             if not markers.is_marker(m.value)]
     # every call on one partition in the recorded order: each area's burst detector sees them in event time
     assert [(m.partition, m.key) for m in sorted(calls, key=lambda m: m.offset)] == \
         [(0, b"tk0"), (0, b"tk1"), (0, b"tk2")]
