@@ -6,13 +6,15 @@ short; errors and cancellation reach the callback as they would in a task."""
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import Awaitable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from faust.types import TP
 
-from streams.faust_drain import LANE_CAP, Lane, deliver, wait_while_all_paused
+from streams.faust_drain import LANE_CAP, Lane, deliver, drain_messages, wait_while_all_paused
 
 
 class Slow:
@@ -275,3 +277,85 @@ async def test_the_fetcher_does_not_wait_while_other_partitions_are_active_or_no
     lane.close()
     assert lane.task is not None
     await asyncio.wait_for(lane.task, 2)
+
+
+class FakeConsumer:
+    """What `drain_messages` reads of Faust's consumer, around scripted fetches."""
+
+    consumer_stopped_errors = (RuntimeError,)
+
+    def __init__(self, fetches: list[list[int]], on_offset: dict[int, Any]) -> None:
+        self.fetches, self.on_offset = fetches, on_offset
+        self.delivered: list[int] = []
+        self.gaps: list[tuple[int, int]] = []
+        self._stopped, self._crashed, self.suspend_flow = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._read_offset: defaultdict[Any, int | None] = defaultdict(lambda: None)
+        self._commit_every = None
+        self._n_acked = 0
+        self.should_stop = False
+        self.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
+        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+        self.log = SimpleNamespace(dev=lambda *a: None, info=lambda *a: None, exception=lambda *a: None)
+        self.transport = SimpleNamespace(app=SimpleNamespace(should_stop=False))
+        self.tp = TP("city.hotline.events", 2)
+
+    async def callback(self, message: Any) -> None:
+        self.delivered.append(message.offset)
+
+    def getmany(self, timeout: float) -> Any:
+        if not self.fetches:
+            self._stopped.set()
+        batch = self.fetches.pop(0) if self.fetches else []
+
+        async def records() -> Any:
+            for offset in batch:
+                if offset in self.on_offset:
+                    self.on_offset.pop(offset)(self)  # the rebalance's steps, as they interleave with the fetch
+                yield self.tp, SimpleNamespace(topic=self.tp.topic, partition=2, offset=offset, key=b"k", value=b"v")
+
+        return records()
+
+    async def wait_first(self, *aws: Any) -> None:
+        await asyncio.wait([asyncio.ensure_future(a) for a in aws], return_when=asyncio.FIRST_COMPLETED)
+
+    async def sleep(self, s: float) -> None:
+        await asyncio.sleep(0)
+
+    async def _add_gap(self, tp: Any, start: int, end: int) -> None:
+        self.gaps.append((start, end))  # Faust counts a gap's offsets as acked
+
+    def _get_active_partitions(self) -> set[Any]:
+        return {self.tp}
+
+    def track_message(self, message: Any) -> None:
+        raise AssertionError("no batch handler here")
+
+    async def commit(self) -> None:
+        pass
+
+
+async def test_records_skipped_while_the_flow_is_suspended_are_read_again_after_the_seek() -> None:
+    """A fetch of offsets 1..4 is being drained when a rebalance suspends the
+    flow (at 2) and its recovery seeks back to the committed offset 1 (at 3);
+    the flow resumes after the fetch, and the next fetch reads 1..4 again.
+    Faust's loop moved the read offset to 4 over the skipped records, so 1..3
+    were dropped as read: never acked, the commit stuck at 1 for good."""
+    def suspend(c: FakeConsumer) -> None:
+        c.suspend_flow.set()
+
+    def seek_to_committed(c: FakeConsumer) -> None:
+        c._read_offset[c.tp] = 1
+
+    consumer = FakeConsumer([[0], [1, 2, 3, 4], [1, 2, 3, 4, 5]], {2: suspend, 3: seek_to_committed})
+    real_getmany = consumer.getmany
+
+    def getmany(timeout: float) -> Any:
+        if len(consumer.fetches) == 1:  # the fetch after the drained one: the flow has resumed
+            consumer.suspend_flow.clear()
+        return real_getmany(timeout)
+
+    consumer.getmany = getmany  # type: ignore[method-assign]
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+    await asyncio.wait_for(drain_messages(consumer, fetcher), 5)
+    assert consumer.delivered == [0, 1, 1, 2, 3, 4, 5], "1 went before the suspension; every offset after the seek"
+    assert consumer.gaps == [], "no offset counted as acked without its record"
