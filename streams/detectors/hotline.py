@@ -24,7 +24,7 @@ from streams.detectors.config import DetectConfig, default_config
 from streams.detectors.localtime import LocalClock
 
 NAME = "hotline_burst"
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # 1.1: a burst clears dated at the bucket boundary where its window fell
 
 # hotline category -> the city category its early warning is routed as
 CATEGORY_OF: dict[str, str] = {
@@ -189,14 +189,25 @@ class HotlineBurst:
         return st, ([self._signal(st, kind, t, ev)] if kind else [])
 
     def tick(self, state: State | None, watermark: datetime) -> tuple[State | None, list[Signal]]:
+        """Advance the window to the watermark's bucket. A burst in progress is
+        judged bucket by bucket, each at the boundary where the window moved, so
+        its clear is dated at the boundary where the count fell, however late
+        or seldom the ticks ran (live timers, a replay's markers alike); once it
+        has cleared, the buckets after it teach the usual level as they would
+        have at a tick per bucket."""
         if state is None:
             return state, []
-        t = watermark.timestamp()
-        bucket = int(t // self.bucket_s)
+        bucket = int(watermark.timestamp() // self.bucket_s)
         if bucket <= state["cur"]:
             return state, []
+        out: list[Signal] = []
+        for b in range(state["cur"] + 1, bucket + 1):
+            if state["ep"] is None:
+                break
+            self._advance(state, b)
+            t = float(b * self.bucket_s)
+            kind, ev = self._evaluate(state, t, datetime.fromtimestamp(t, UTC))
+            if kind:
+                out.append(self._signal(state, kind, t, ev))
         self._advance(state, bucket)
-        if state["ep"] is None:
-            return state, []
-        kind, ev = self._evaluate(state, t, watermark)
-        return state, ([self._signal(state, kind, t, ev)] if kind else [])
+        return state, out

@@ -259,6 +259,39 @@ def test_hotline_burst_raises_an_early_warning() -> None:
     assert len(json.dumps(states)) < 1024
 
 
+def test_a_burst_clears_at_the_same_bucket_boundary_however_the_ticks_ran() -> None:
+    """Live ticks every few seconds, a replay at its markers, a late worker in one
+    jump: the clear is dated where the window fell, and the usual level learned
+    afterwards is the same."""
+    def burst() -> tuple[DetectionEngine, Any, datetime]:
+        eng = DetectionEngine()
+        states = None
+        rng = random.Random(14)
+        calls = sorted(rng.uniform(0, 2 * 1440) for _ in range(6)) + [2 * 1440 + 60 + 5 * k for k in range(8)]
+        for i, m in enumerate(calls):
+            states, _ = eng.step_hotline(states, call(i, m))
+        return eng, states, T0 + timedelta(minutes=2 * 1440 + 60 + 35)
+
+    end = timedelta(minutes=300)
+    outcomes = []
+    for every in (timedelta(seconds=10), timedelta(minutes=1), timedelta(minutes=7), end):
+        eng, states, last = burst()
+        cleared = []
+        t = last
+        while t < last + end:
+            t = min(t + every, last + end)
+            states, s = eng.tick(states, t)
+            cleared += [x.ts for x in s if x.kind == "clear"]
+        outcomes.append((cleared, states))
+    first, state = outcomes[0]
+    assert len(first) == 1 and first[0].timestamp() % (15 * 60) == 0, "at a bucket boundary"
+    for cleared, other in outcomes[1:]:
+        assert cleared == first, "the same clear time whatever the tick interval"
+        lam = other["hotline_burst"].pop("lam")
+        assert lam == pytest.approx(state["hotline_burst"]["lam"], rel=1e-12), "the same usual level learned"
+        assert other == {**state, "hotline_burst": {k: v for k, v in state["hotline_burst"].items() if k != "lam"}}
+
+
 def test_hotline_usual_volume_is_not_a_burst() -> None:
     det = HotlineBurst()
     st = None
