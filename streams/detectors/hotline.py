@@ -2,7 +2,7 @@
 category in one street (or grid, else district) before complaints pile up.
 
 Per (category, area) key: call counts in event-time buckets (15 min) over a
-sliding window (1 h), and the usual rate learned per bucket (an EWMA with a
+sliding window (2 h), and the usual rate learned per bucket (an EWMA with a
 half-life of days, normalised by a city-wide diurnal profile (which only raises the
 usual level at busy hours, never lowers it below the average); a prior before any
 history). A burst is a window count >= `min_count` whose Poisson upper tail

@@ -409,23 +409,29 @@ def _burst_rows(n: int) -> list[tuple[Any, ...]]:
             for i in range(n)]
 
 
-def _expected_burst(rows: list[tuple[Any, ...]]) -> tuple[str, float]:
-    """The burst the detector opens on these calls taken in event-time order: its alert id and count."""
+def _expected_burst(rows: list[tuple[Any, ...]], watermark: datetime) -> tuple[str, float, datetime]:
+    """The burst the detector opens on these calls taken in event-time order (its
+    alert id and count) and when it clears by the time the tick reaches `watermark`."""
     from schemas import HotlineEvent, alert_id_for
     from streams.detectors.engine import DetectionEngine
 
     engine = DetectionEngine()
     st = None
-    for r in sorted(rows, key=lambda r: (r[0], r[2], r[1])):
+    opened: tuple[str, float] | None = None
+    for r in rows:
         ev = HotlineEvent.model_validate({
             "event_id": r[1], "ticket_id": r[2], "kind": r[3], "category": r[4], "status": r[5],
             "ts": r[0].isoformat(), "location": {"district": r[6], "street": r[7], "lat": r[9], "lon": r[10]},
         })  # fmt: skip
         st, signals = engine.step_hotline(st, ev)
         for sig in signals:
-            if sig.kind == "open":
-                return alert_id_for(sig.rule, sig.subject, sig.episode_start.isoformat()), sig.evidence.value
-    raise AssertionError("these calls make no burst")
+            if sig.kind == "open" and opened is None:
+                opened = alert_id_for(sig.rule, sig.subject, sig.episode_start.isoformat()), sig.evidence.value
+    assert opened is not None, "these calls make no burst"
+    st, signals = engine.tick(st, watermark)
+    clears = [sig.ts for sig in signals if sig.kind == "clear"]
+    assert len(clears) == 1, "the burst clears once the calls stop"
+    return opened[0], opened[1], clears[0]
 
 
 async def test_a_replayed_call_burst_opens_where_event_time_order_opens_it(
@@ -433,21 +439,28 @@ async def test_a_replayed_call_burst_opens_where_event_time_order_opens_it(
 ) -> None:
     """Ten calls of one street over several ticket partitions, replayed by two
     workers: the early warning opens at the call it opens at in event-time order
-    (the sixth), not at whichever the workers' interleaving delivered sixth."""
+    (the sixth), not at whichever the workers' interleaving delivered sixth;
+    and once the calls stop (a reading three hours on moves event time) it
+    clears at the bucket boundary where its window fell, in every run."""
     calls = _burst_rows(10)
     assert len({DefaultPartitioner()(r[2].encode(), list(range(4)), list(range(4))) for r in calls}) > 1
-    await _load(database_url, replay_schema, _reading_rows(4, 30), calls)
-    expected_id, count = _expected_burst(calls)
-    assert count == 6.0
+    later = T0 + timedelta(hours=3)
+    readings = [*_reading_rows(4, 30), (later, "r-later", SENSORS[0], "pm25", 20.0, "ug/m3", "朝阳区", "望京街道",
+                                        None, 39.99, 116.47, None, "test")]
+    await _load(database_url, replay_schema, readings, calls)
+    expected_id, count, cleared_at = _expected_burst(calls, later - timedelta(minutes=10))
+    assert count == 6.0 and cleared_at.timestamp() % 900 == 0
     env = {**os.environ, "REPLAY_RUN_ROOT": str(tmp_path / "replay")}
     for attempt in range(2):  # two runs: the same alert each time
         run = f"burst{attempt}_{replay_schema.removeprefix('t_replay_')}"
         out = tmp_path / f"burst{attempt}.json"
-        r = citybrain(["replay", "--from", T0.isoformat(), "--to", (T0 + timedelta(minutes=30)).isoformat(),
+        r = citybrain(["replay", "--from", T0.isoformat(), "--to", (later + timedelta(minutes=1)).isoformat(),
                        "--schema", replay_schema, "--run", run, "--workers", "2", "--json", str(out)], env)
         assert r.returncode == 0, r.stderr[-3000:]
         bursts = [a for a in json.loads(out.read_text())["new"] if a["rule"].startswith("hotline_burst:")]
         assert [(a["alert_id"], a["subject"]) for a in bursts] == [(expected_id, "noise:望京街道")], bursts
+        # when the calls' bucket leaves the window, as the pure detector says (2026-12-07: T0 + 2 h)
+        assert (bursts[0]["status"], bursts[0]["last_seen"]) == ("cleared", cleared_at.isoformat())
 
 
 def _as_replay_principal(env: dict[str, str]) -> dict[str, str]:
