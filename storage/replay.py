@@ -97,7 +97,9 @@ class ReplaySettings(BaseSettings):
     workers: int = Field(default=0, ge=0, le=64, description="worker processes sharing the run's partitions; "
                          "0: one per CPU core, at most one per partition")
     worker_log_level: str = "warning"
-    marker_every_s: float = Field(default=60.0, gt=0, description="event seconds between the progress "
+    # no alert depends on it (timers fire at their due times, bursts clear at bucket boundaries):
+    # fewer markers, fewer silence sweeps; more, an earlier safe time for the lifecycle
+    marker_every_s: float = Field(default=300.0, gt=0, description="event seconds between the progress "
                                   "markers put on every readings and hotline partition (streams.markers)")
 
 
@@ -902,8 +904,7 @@ async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: Repl
     in_controls = False  # published actions / switches the worker has not been seen to apply yet
     mode_offset: int | None = None
     # progress markers (streams.markers) at fixed event times: every `marker_every_s`, and a final
-    # one at the last record's time; fixed times, so the windows they tick (hotline bursts) close
-    # at the same times in every replay of the range
+    # one at the last record's time
     every = timedelta(seconds=settings.marker_every_s)
     marked_topics = (topics.readings, topics.hotline)
     next_mark: datetime | None = None
