@@ -10,7 +10,9 @@ action history, so a refused action never shows up there).
 SLA timers: a due-time index (a heap of (due, alert_id)) rebuilt from the
 table after each recovery and kept current on every write, so a tick touches
 only the alerts whose time has come. `now` is the worker's LifecycleClock
-(wall clock live, event time in replay).
+(wall clock live, event time in replay). A replay worker (progress markers,
+streams.markers) fires a record's own alert's due timers before applying it,
+and the other alerts' once every source partition has reported past them.
 
 Also here: the emergency mode board (every worker folds the whole compacted
 `city.control.mode` topic) and the rules hot reload (mtime poll; a bad file
