@@ -44,7 +44,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,6 @@ from streams import markers
 
 log = logging.getLogger("citybrain.storage.replay")
 DEFAULT_PARTITIONS = 4
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ReplaySettings(BaseSettings):
@@ -913,7 +912,7 @@ async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: Repl
         async with conn.transaction(readonly=True, isolation="repeatable_read"):
             async for rec in merged_records(conn, req, topics, settings.fetch_batch):
                 if next_mark is None or rec.ts >= next_mark:
-                    mark = EPOCH + every * ((rec.ts - EPOCH) // every)
+                    mark = markers.boundary(rec.ts, every)
                     if next_mark is not None:
                         await batches.mark(marked_topics, mark)
                     next_mark = mark + every
@@ -980,9 +979,9 @@ async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: Repl
 async def _all_joined(settings: ReplaySettings, req: ReplayRequest, n: int, stop: asyncio.Event,
                       workers: _Workers, progress: Progress) -> None:
     """Until every worker is in the run's consumer group and the group is stable.
-    Publishing before the last one joined made Faust rebalance mid-run, and a
-    partition handed over then could stop committing (offsets read in the
-    handover window, streams.faust_fixes), so the run never caught up."""
+    Publishing before the last one joined made Faust rebalance mid-run: a
+    recovery in the run costs seconds, and records read in its window are
+    where Faust's drain loop lost offsets (fixed in streams.faust_drain)."""
     group = app_id(req.run)
     t0 = time.monotonic()
     async with _admin(settings.kafka_bootstrap_servers, settings.kafka_security.aiokafka_kwargs()) as admin:

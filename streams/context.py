@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from citybrain.dlq import dlq_headers
@@ -20,6 +20,7 @@ from citybrain.kafka_admin import TopicCreator
 from citybrain.topics import Topics
 from schemas import Alert
 from streams.emergency import NORMAL, ModeInfo, mode_for
+from streams.markers import EPOCH
 from streams.routing import OPS, Geo, RulesHolder, department_copy
 
 log = logging.getLogger("citybrain.streams")
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from streams.app import WorkerSettings
     from streams.lifecycle import Policy
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class LifecycleClock:
@@ -129,6 +129,13 @@ class WorkerContext:
         """A detection revision to `city.alerts.detected`, keyed (and so partitioned)
         by alert_id for the lifecycle agent, which publishes the alert onwards."""
         await self.extras["detected_topic"].send(key=alert.alert_id.encode(), value=alert.to_json(), force=True)
+
+    async def send_to_every_partition(self, topic: Any, key: bytes, value: bytes,
+                                      headers: list[tuple[str, bytes]] | None = None) -> None:
+        """One record to each of the pipeline's partitions of `topic`, in order
+        after what this worker sent there before (a replay's progress markers)."""
+        for p in range(self.settings.partitions):
+            await topic.send(key=key, value=value, partition=p, headers=headers, force=True)
 
     def _raw_topic(self, name: str) -> Any:
         """A bytes-in, bytes-out Faust topic of the pipeline, made once per name."""

@@ -41,14 +41,10 @@ from pydantic import ValidationError
 
 from citybrain.errors import RejectedPayload
 from schemas import SensorReading
+from streams import markers
 from streams.changelog import ChangelogBatcher
 from streams.context import EPOCH, WorkerContext
 from streams.faust_drain import register_batch_handler
-from streams.markers import KEY as MARKER_KEY
-from streams.markers import PREFIX as MARKER_PREFIX
-from streams.markers import decode as decode_marker
-from streams.markers import encode as encode_marker
-from streams.markers import forwarded
 from streams.pipeline import ReadingProcessor
 
 log = logging.getLogger("citybrain.streams")
@@ -88,7 +84,7 @@ class DetectStage:
         # one batch at a time, whoever feeds it (a lane left over from a restarted fetcher,
         # the agent): two interleaved batches would step a sensor from the same old state
         self._one_batch = asyncio.Lock()
-        self.markers = ctx.settings.progress_markers
+        self.by_markers = ctx.settings.progress_markers
 
     def current_rules(self) -> None:
         # hot reload: the holder swaps its table; the processor reads it per batch
@@ -107,13 +103,13 @@ class DetectStage:
         self.in_flight = touched
         validate = SensorReading.model_validate_json
         marked: dict[int, tuple[datetime, bool]] = {}  # this batch's progress markers: partition -> (time, final)
-        markers = self.markers
+        by_markers, marker_prefix = self.by_markers, markers.PREFIX
         for n, msg in enumerate(messages, 1):
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            if markers and msg.value and msg.value.startswith(MARKER_PREFIX):
+            if by_markers and msg.value and msg.value.startswith(marker_prefix):
                 try:
-                    _, at, final = decode_marker(msg.value)
+                    _, at, final = markers.decode(msg.value)
                 except ValueError as exc:
                     await ctx.dead_letter(_AsEvent(msg), "invalid_marker", str(exc), "detect")
                     continue
@@ -183,9 +179,8 @@ class DetectStage:
         await self._sweep({p: at - lateness for p, (at, _) in marked.items()})
         topic = self.ctx.extras["detected_topic"]
         for p, (at, final) in sorted(marked.items()):
-            body = encode_marker(f"detect:{p}", forwarded(at, final, lateness), final)
-            for q in range(self.ctx.settings.partitions):
-                await topic.send(key=MARKER_KEY, value=body, partition=q, force=True)
+            body = markers.encode(f"detect:{p}", markers.forwarded(at, final, lateness), final)
+            await self.ctx.send_to_every_partition(topic, markers.KEY, body)
 
     async def tick(self, lateness: timedelta) -> None:
         """Silence is detected by event-time progress, not by the next reading:

@@ -519,26 +519,15 @@ def register(ctx: WorkerContext) -> None:
             await ctx.dead_letter(event, "invalid_marker", str(exc), "hotline")
             return
         body = markers.encode(f"hotline:{msg.partition}", at, final)
-        for r in range(s.partitions):
-            await items_topic.send(key=markers.KEY, value=body, partition=r, headers=[(KIND_HEADER, b"marker")],
-                                   force=True)
+        await ctx.send_to_every_partition(items_topic, markers.KEY, body, [(KIND_HEADER, b"marker")])
 
-    area_finals: set[tuple[int, str]] = set()  # (partition, source) whose final marker is in
-
-    def last_of(partition: int) -> bool:
-        """Every hotline partition's final marker has reached this area partition."""
-        return all((partition, src) in area_finals for src in area_progress.sources)
-
-    async def area_marker(value: bytes, partition: int) -> None:
+    async def area_marker(partition: int, source: str, at: datetime, final: bool) -> None:
         """Bursts clear by event time only: ticked at the safe time of their partition
         minus the lateness, the watermark live ticks them at; then the lifecycle hears
         that no burst revision earlier than that can come from this partition."""
-        source, at, final = markers.decode(value)
-        before, was_last = area_progress.safe([partition]), last_of(partition)
-        area_progress.observe(partition, source, at)
-        if final:
-            area_finals.add((partition, source))
-        safe, last = area_progress.safe([partition]), last_of(partition)
+        before, was_last = area_progress.safe([partition]), area_progress.all_final(partition)
+        area_progress.observe(partition, source, at, final)
+        safe, last = area_progress.safe([partition]), area_progress.all_final(partition)
         if safe is None or (before is not None and safe <= before and last == was_last):
             return
         lateness = timedelta(seconds=s.lateness_s)
@@ -548,8 +537,7 @@ def register(ctx: WorkerContext) -> None:
                 await publish_alert(a)
         if detected_topic is not None:
             body = markers.encode(f"area:{partition}", markers.forwarded(safe, last, lateness), last)
-            for q in range(s.partitions):
-                await detected_topic.send(key=markers.KEY, value=body, partition=q, force=True)
+            await ctx.send_to_every_partition(detected_topic, markers.KEY, body)
 
     @app.agent(hotline_topic, name="hotline-workflow")
     async def hotline_workflow(stream: Any) -> None:
@@ -652,9 +640,10 @@ def register(ctx: WorkerContext) -> None:
                     try:
                         if kind == b"marker" and s.progress_markers:
                             try:
-                                await area_marker(msg.value, msg.partition)
+                                marker = markers.decode(msg.value or b"")
                             except ValueError as exc:
                                 raise InvalidRecord("invalid_marker", str(exc)) from None
+                            await area_marker(msg.partition, *marker)
                             continue
                         if kind == b"hotline":
                             ev = TicketCore.parse(None, msg.value)

@@ -30,12 +30,18 @@ so forward that earlier time; the final marker they forward as it is.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
 PREFIX = b'{"marker":'
 KEY = b"progress"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def boundary(at: datetime, every: timedelta) -> datetime:
+    """The marker time at or before `at` on a fixed grid of `every` (the same in every replay)."""
+    return at - (at - EPOCH) % every
 
 
 def encode(source: str, at: datetime, final: bool = False) -> bytes:
@@ -72,15 +78,18 @@ def forwarded(at: datetime, final: bool, lateness: timedelta) -> datetime:
 class Progress:
     """The latest marker time per (partition, source), and from it the safe
     time of a set of partitions: the earliest time any expected source may
-    still send there."""
+    still send there; and which sources have sent their final marker."""
 
     def __init__(self, sources: Iterable[str]) -> None:
         self.sources = tuple(sources)
         self.seen: dict[tuple[int, str], datetime] = {}
+        self.finals: set[tuple[int, str]] = set()
 
-    def observe(self, partition: int, source: str, at: datetime) -> bool:
+    def observe(self, partition: int, source: str, at: datetime, final: bool = False) -> bool:
         """Record a marker; True when it moved its source on (a redelivered one does not)."""
         k = (partition, source)
+        if final:
+            self.finals.add(k)
         prev = self.seen.get(k)
         if prev is not None and prev >= at:
             return False
@@ -98,3 +107,7 @@ class Progress:
                 if out is None or t < out:
                     out = t
         return out
+
+    def all_final(self, partition: int) -> bool:
+        """Every expected source's final marker has reached `partition`: nothing follows."""
+        return all((partition, s) in self.finals for s in self.sources)

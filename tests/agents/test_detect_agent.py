@@ -71,7 +71,7 @@ class Forwarded:
     async def alert(self, alert: Any) -> None:
         self.sent.append(("alert", alert))
 
-    async def send(self, key: bytes, value: bytes, partition: int, force: bool) -> None:
+    async def send(self, key: bytes, value: bytes, partition: int, headers: Any, force: bool) -> None:
         self.sent.append(("marker", (partition, markers.decode(value))))
 
 

@@ -46,3 +46,19 @@ def test_a_windowed_stage_forwards_its_lateness_earlier_except_at_the_end() -> N
     late = timedelta(minutes=10)
     assert markers.forwarded(T0, False, late) == T0 - late
     assert markers.forwarded(T0, True, late) == T0
+
+
+def test_final_markers_are_counted_per_partition_and_source() -> None:
+    p = markers.Progress(["hotline:0", "hotline:1"])
+    p.observe(2, "hotline:0", T0, final=True)
+    assert not p.all_final(2), "hotline:1 may still send"
+    assert p.observe(2, "hotline:1", T0 + timedelta(seconds=1))
+    assert not p.observe(2, "hotline:1", T0 + timedelta(seconds=1), final=True), "final at a time already seen"
+    assert p.all_final(2) and not p.all_final(3)
+
+
+def test_marker_times_sit_on_a_fixed_grid() -> None:
+    five = timedelta(minutes=5)
+    assert markers.boundary(T0 + timedelta(minutes=7, seconds=3), five) == T0 + five
+    assert markers.boundary(T0, five) == T0
+    assert markers.boundary(T0 - timedelta(seconds=1), five) == T0 - five
