@@ -256,7 +256,7 @@ def register(ctx: WorkerContext) -> None:
     changelog = ChangelogBatcher(app, table)
     stage = DetectStage(ctx, table, changelog)
     if settings.fast_path:
-        register_batch_handler(app, ctx.topics.readings, stage.process, settings.batch_max)
+        register_batch_handler(app, ctx.topics.readings, stage.process, settings.detect_batch_max)
 
     @app.agent(readings_topic, name="detect")
     async def detect(stream: Any) -> None:
