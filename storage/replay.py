@@ -89,7 +89,8 @@ class ReplaySettings(BaseSettings):
     run_root: str = ".run/replay"
     partitions: int = Field(default=0, ge=0, description="0: as many as the live readings topic has")
     fetch_batch: int = Field(default=5000, ge=1, description="rows per FETCH from the server-side cursor")
-    quiet_s: float = Field(default=6.0, gt=0, description="no new alert for this long once caught up: done")
+    # the end of a run is proven (_catch_up); a quiet wait is only an extra margin
+    quiet_s: float = Field(default=0.0, ge=0, description="once the end is proven, also no new alert for this long")
     worker_tick_s: float = Field(default=2.0, gt=0, description="the replay worker's silence sweep interval")
     stall_timeout_s: float = Field(default=300.0, gt=0, description="no progress for this long: fail")
     worker_stop_timeout_s: float = Field(default=30.0, gt=0)
@@ -421,13 +422,20 @@ async def _worker_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, gr
     """(records the worker has committed on the first topic, records still
     ahead of it on all of them). Its inputs after the readings (hotline
     events, its own detected-alert topic) count too: an alert is not out
-    before the lifecycle agent has handled its detection."""
+    before the lifecycle agent has handled its detection.
+
+    The committed offsets are read first, the ends after: a worker flushes
+    what a record made it send before it commits that record (Faust's
+    commit), so 0 ahead means that when the offsets were read every record
+    on these topics had been handled and everything it led to was on them.
+    Read the other way round, a stage could send and commit in between and
+    its new records would not be counted."""
     tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
-    ends = await consumer.end_offsets(tps)
     try:
         committed = await admin.list_consumer_group_offsets(group, partitions=tps)
     except KafkaError:
         committed = {}
+    ends = await consumer.end_offsets(tps)
     done = 0
     ahead = 0
     for tp in tps:
@@ -444,6 +452,7 @@ class _AlertCollector:
 
     def __init__(self, bootstrap: str, topic: str, client_kwargs: ClientKwargs = None) -> None:
         self.latest: dict[str, AlertView] = {}
+        self.read_to: dict[int, int] = {}  # partition -> the next offset to read
         self.received = 0
         self.bad = 0
         self.last_at = time.monotonic()
@@ -463,12 +472,17 @@ class _AlertCollector:
             for msgs in batches.values():
                 for m in msgs:
                     self.received += 1
+                    self.read_to[m.partition] = m.offset + 1
                     self.last_at = time.monotonic()
                     try:
                         keep_latest(self.latest, AlertView.from_alert_json(orjson.loads(m.value)))
                     except (ValueError, KeyError, TypeError):
                         self.bad += 1
                         log.warning("unreadable alert at %s/%s@%s", m.topic, m.partition, m.offset)
+
+    def has_read(self, ends: Mapping[TopicPartition, int]) -> bool:
+        """Whether it has read every partition of its topic up to `ends`."""
+        return all(self.read_to.get(tp.partition, 0) >= end for tp, end in ends.items())
 
     async def stop(self) -> None:
         self._stop.set()
@@ -1012,9 +1026,16 @@ async def _sleep_or_stop(seconds: float, stop: asyncio.Event) -> None:
 async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics, partitions: int, n_readings: int,
                     collector: _AlertCollector, stop: asyncio.Event, workers: _Workers,
                     progress: Progress) -> float:
-    """Until the worker has committed every replayed reading and no alert came
-    for `quiet_s` (its silence sweep runs on a timer, after the last reading).
-    Returns the monotonic time it caught up (before the quiet wait)."""
+    """Until the run is over: the workers have handled every record on their
+    input topics (`_worker_lag`, once everything is published, the engine's
+    final progress markers included) and the collector has read the alert
+    topic to its end. Nothing comes after that: each stage forwards the final
+    markers after its last output, the lifecycle fires its last timers when
+    they reach it (streams.markers), and what the wall-clock timers of a
+    replay worker still do sends no alert (silence sweeps repeat the final
+    marker's, spikes tick on markers). Before the markers, the end was a guess:
+    no alert for 6 s. Returns the monotonic time it was proven (before any
+    extra `quiet_s` wait)."""
     kw = settings.kafka_security.aiokafka_kwargs()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, **kw)
     await consumer.start()
@@ -1024,6 +1045,7 @@ async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics
     caught_up_at: float | None = None
     watched = [topics.readings, topics.hotline, topics.incident_items, topics.alerts_detected,
                topics.actions]
+    alert_tps = [TopicPartition(topics.alerts, p) for p in range(partitions)]
     try:
         async with _admin(settings.kafka_bootstrap_servers, kw) as admin:
             while True:
@@ -1038,6 +1060,10 @@ async def _catch_up(settings: ReplaySettings, req: ReplayRequest, topics: Topics
                     progress(f"detected {min(done, n_readings)}/{n_readings} readings, {ahead} records ahead "
                              f"of the worker, {len(collector.latest)} alerts")
                 if ahead == 0:
+                    ends = await consumer.end_offsets(alert_tps)
+                    if not collector.has_read(ends):
+                        await _sleep_or_stop(0.05, stop)
+                        continue
                     caught_up_at = caught_up_at or t
                     if t - max(caught_up_at, collector.last_at) >= settings.quiet_s:
                         progress(f"caught up: {min(done, n_readings)} readings through detection in "
