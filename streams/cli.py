@@ -12,9 +12,8 @@ from schemas.common import now_utc
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    import faust
-
     from streams.app import WorkerSettings, create_app
+    from streams.faust_fixes import Worker
 
     settings = WorkerSettings()  # type: ignore[call-arg]  # from the environment: the entry point
     if settings.event_loop == "uvloop":
@@ -29,7 +28,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         )
     )
     app = create_app(settings, clock=now_utc)
-    worker = faust.Worker(app, loglevel=args.log_level, quiet=True)
+    worker = Worker(app, loglevel=args.log_level, quiet=True)
     worker.execute_from_commandline()
     return 0
 

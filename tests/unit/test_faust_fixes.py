@@ -127,3 +127,31 @@ def test_the_fixes_are_written_for_the_pinned_faust() -> None:
     # both fixes replace faust-streaming internals: an upgrade must re-check
     # streams/faust_fixes.py against the new code before changing this pin
     assert faust.__version__ == "0.15.3"
+
+
+def _root_level_after_setup(worker_class: Any) -> int:
+    import logging
+
+    import faust
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    app = faust.App("fixes-logging-test", broker="kafka://127.0.0.1:1", store="memory://")
+    worker = worker_class(app, loglevel="warning", quiet=True)
+    try:
+        worker._setup_logging()
+        return root.level
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+
+
+def test_the_worker_leaves_the_root_logger_at_its_level() -> None:
+    """Faust's own worker, at WARNING, sets the root logger to DEBUG for its
+    spinner (every debug call then builds a record); ours keeps WARNING."""
+    import logging
+
+    import faust
+
+    assert _root_level_after_setup(faust.Worker) == logging.DEBUG
+    assert _root_level_after_setup(faust_fixes.Worker) == logging.WARNING
