@@ -106,6 +106,7 @@ def test_the_replay_worker_runs_with_the_engines_identity(tmp_path: Path, monkey
     assert "KAFKA_SSL_CA_FILE" not in env and env["PATH"] == "/bin"
     assert env["WORKER_APP_ID"] == "citybrain-replay-r20260504x2" == app_id(req.run)
     assert env["WORKER_TOPIC_PREFIX"] == "replay.r20260504x2." and env["KAFKA_BOOTSTRAP_SERVERS"] == "h:9094"
+    assert env["WORKER_STANDBY_REPLICAS"] == "0"  # a run's worker that dies fails the run: none to fail over to
     plain = worker_env(base, _settings(kafka_security=KafkaSecurity(security_protocol="PLAINTEXT")), req, 2,
                        tmp_path)
     assert plain["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
