@@ -481,7 +481,11 @@ class _AlertCollector:
                         log.warning("unreadable alert at %s/%s@%s", m.topic, m.partition, m.offset)
 
     def has_read(self, ends: Mapping[TopicPartition, int]) -> bool:
-        """Whether it has read every partition of its topic up to `ends`."""
+        """Whether it has read every partition of its topic up to `ends`.
+        Raises ServiceError if it has stopped reading (a run must not wait for it)."""
+        if self._task is not None and self._task.done() and not self._stop.is_set():
+            exc = None if self._task.cancelled() else self._task.exception()
+            raise ServiceError(f"the replay's alert collector stopped: {exc!r}")
         return all(self.read_to.get(tp.partition, 0) >= end for tp, end in ends.items())
 
     async def stop(self) -> None:
