@@ -367,20 +367,6 @@ async def live_partitions(bootstrap: str, client_kwargs: ClientKwargs = None) ->
     return DEFAULT_PARTITIONS
 
 
-async def wait_for_leaders(bootstrap: str, names: list[str], timeout_s: float = 30,
-                           client_kwargs: ClientKwargs = None) -> None:
-    """Until every partition of fresh topics has a leader: producing before
-    that only buys retries (NotLeaderForPartition) and noise on stderr."""
-    deadline = time.monotonic() + timeout_s
-    async with _admin(bootstrap, client_kwargs) as admin:
-        while time.monotonic() < deadline:
-            meta = await admin.describe_topics(names)
-            if all(not t.get("error_code") and t.get("partitions")
-                   and all(p.get("leader", -1) >= 0 for p in t["partitions"]) for t in meta):
-                return
-            await asyncio.sleep(0.2)
-
-
 async def list_replay_topics(bootstrap: str, client_kwargs: ClientKwargs = None) -> dict[str, list[str]]:
     """run -> its topics still in Kafka."""
     async with _admin(bootstrap, client_kwargs) as admin:
@@ -705,7 +691,6 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
             wanted.update(department_topics(topics, codes, partitions, hotline=n_hotline > 0))
             await ensure_topics(kafka, wanted, client_kwargs=kw)
             await ensure_control_topic(kafka, topics.control_mode, kw)
-            await wait_for_leaders(kafka, [topics.readings, topics.hotline, topics.alerts], client_kwargs=kw)
             await collector.start()
             env = worker_env(base_env, settings, req, partitions, run_dir / "faust")
             await workers.start(env, n_workers)
