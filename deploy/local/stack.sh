@@ -132,7 +132,10 @@ kafka_up() {
       || { cat "$dir/logs/format.log" >&2; die "kafka storage format failed"; }
   fi
   log "starting kafka on 127.0.0.1:$KAFKA_PORT"
-  nohup java -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+  # its own session, as mosquitto -d and pg_ctl give theirs: Ctrl-C on `make demo` (the
+  # terminal signals the whole foreground process group) stopped the broker under the
+  # running demo, whose consumers then failed with a traceback
+  setsid nohup java -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
     -Dlog4j.configuration="file:$HERE/log4j.properties" -Dkafka.logs.dir="$dir/logs" \
     -cp "$cp" kafka.Kafka "$dir/server.properties" >"$dir/logs/stdout.log" 2>&1 &
   echo $! >"$dir/kafka.pid"
