@@ -71,7 +71,10 @@ async def ensure_topics(bootstrap: str, wanted: dict[str, int], timeout_s: float
             missing = {name: n for name, n in wanted.items() if name not in existing}
             if missing:
                 await create_topics(admin, missing)
-            await wait_until_served(admin, list(wanted))
+            # the rest of this call's time, not wait_until_served's 15 s: a broker
+            # that has just started may take longer to serve partitions it already had
+            await wait_until_served(admin, list(wanted),
+                                    timeout_s=max(15.0, deadline - asyncio.get_running_loop().time()))
             return
         except KafkaConnectionError as exc:
             if asyncio.get_running_loop().time() > deadline:
