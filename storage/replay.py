@@ -67,6 +67,7 @@ from storage.audit import append_audit
 from storage.db import connect
 from storage.kafka_topics import ensure_control_topic
 from storage.replay_diff import AlertView, ReplayDiff, Scope, check_run, diff_alerts, keep_latest
+from storage.replay_partitions import spread_sensors
 from streams import markers
 
 log = logging.getLogger("citybrain.storage.replay")
@@ -317,13 +318,27 @@ async def merged_records(conn: asyncpg.Connection, req: ReplayRequest, topics: T
         heads[i] = await anext(sources[i], None)
 
 
-async def count_range(conn: asyncpg.Connection, req: ReplayRequest) -> tuple[int, int]:
+@dataclass(frozen=True, slots=True)
+class RangeCounts:
+    """What a range holds: readings per sensor (the engine spreads the sensors
+    over the partitions by them, storage.replay_partitions) and hotline events."""
+
+    per_sensor: dict[str, int]
+    hotline: int
+
+    @property
+    def readings(self) -> int:
+        return sum(self.per_sensor.values())
+
+
+async def count_range(conn: asyncpg.Connection, req: ReplayRequest) -> RangeCounts:
     scope = req.scope
     args = (req.read_from, scope.end, scope.area, list(scope.sensors))
     # the same filters without the ORDER BY: counting needs no sort
-    n_r = await conn.fetchval(f"SELECT count(*) FROM ({_READINGS_SQL.split('ORDER BY')[0]}) q", *args)
+    rows = await conn.fetch(f"SELECT sensor_id, count(*) AS n FROM ({_READINGS_SQL.split('ORDER BY')[0]}) q "
+                            "GROUP BY sensor_id", *args)
     n_h = await conn.fetchval(f"SELECT count(*) FROM ({_HOTLINE_SQL.split('ORDER BY')[0]}) q", *args)
-    return int(n_r), int(n_h)
+    return RangeCounts({r["sensor_id"]: int(r["n"]) for r in rows}, int(n_h))
 
 
 async def count_controls(conn: asyncpg.Connection, req: ReplayRequest) -> tuple[int, int]:
@@ -652,7 +667,8 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
         await _require_table(conn)
         if await conn.fetchval("SELECT to_regclass('mode_switches')") is None:
             raise ConfigError("storage schema has no mode_switches table: run `citybrain db migrate`")
-        n_readings, n_hotline = await count_range(conn, req)
+        counts = await count_range(conn, req)
+        n_readings, n_hotline = counts.readings, counts.hotline
         n_actions, n_modes = await count_controls(conn, req)
         kafka = settings.kafka_bootstrap_servers
         kw = settings.kafka_security.aiokafka_kwargs()
@@ -686,17 +702,23 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
         collector = _AlertCollector(kafka, topics.alerts, kw)
         status = "failed"
         try:
+            # the control topic first: made after the others, it waited ~1.7 s for the broker
+            # to lay out their partitions before it was served (bench.replay)
+            await ensure_control_topic(kafka, topics.control_mode, kw)
             wanted = pipeline_topics(topics, partitions)
             codes = replay_departments(rules_in_effect(base_env, req), await areas_in_range(conn, req))
-            wanted.update(department_topics(topics, codes, partitions, hotline=n_hotline > 0))
+            # one partition per department topic: a replay only writes them (its alerts are read
+            # from city.alerts), and a city's ~270 of them at 4 partitions each kept the broker
+            # busy for ~3 s at the start of every run and again deleting them
+            wanted.update(department_topics(topics, codes, 1, hotline=n_hotline > 0))
             await ensure_topics(kafka, wanted, client_kwargs=kw)
-            await ensure_control_topic(kafka, topics.control_mode, kw)
             await collector.start()
             env = worker_env(base_env, settings, req, partitions, run_dir / "faust")
             await workers.start(env, n_workers)
             await _all_joined(settings, req, n_workers, stop, workers, progress)
-            pub_s = await _publish(settings, conn, req, topics, partitions,
-                                   n_readings + n_hotline + n_actions + n_modes, out, stop, workers, progress)
+            pub_s = await _publish(settings, conn, req, topics, spread_sensors(counts.per_sensor, partitions),
+                                   partitions, n_readings + n_hotline + n_actions + n_modes, out, stop, workers,
+                                   progress)
             out.publish_s = pub_s
             caught_up = await _catch_up(settings, req, topics, partitions, n_readings, collector, stop, workers,
                                         progress)
@@ -752,10 +774,11 @@ HOTLINE_PARTITION = 0  # a replay's calls all go here (see _publish)
 
 class _Batches:
     """Records into per-partition Kafka batches: a replay publishes far faster
-    than one `send` per record. The partition is Kafka's default for the key
-    (murmur2, as the connector's producer picks it), so a replayed sensor
-    lands where it did live, unless the caller names one (the hotline events,
-    all on HOTLINE_PARTITION); batches of one partition go out in order."""
+    than one `send` per record. The partition is the one the caller names
+    (readings: storage.replay_partitions; hotline events: HOTLINE_PARTITION),
+    else Kafka's default for the key (murmur2, as live producers pick it: the
+    actions, keyed by alert_id, must reach the lifecycle partition holding
+    their alert); batches of one partition go out in order."""
 
     def __init__(self, producer: AIOKafkaProducer, partitions: int) -> None:
         self.producer = producer
@@ -895,7 +918,7 @@ class _Barrier:
 
 
 async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: ReplayRequest, topics: Topics,
-                   partitions: int, total: int, out: ReplayOutcome, stop: asyncio.Event,
+                   placement: Mapping[bytes, int], partitions: int, total: int, out: ReplayOutcome, stop: asyncio.Event,
                    workers: _Workers, progress: Progress) -> float:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
                                 enable_idempotence=True, linger_ms=20, max_batch_size=512 * 1024,
@@ -949,7 +972,8 @@ async def _publish(settings: ReplaySettings, conn: asyncpg.Connection, req: Repl
                     await barrier.applied(mode_offset)
                     in_controls, mode_offset = False, None
                 if rec.kind == "reading":
-                    await batches.add(rec.topic, rec.key, rec.value)
+                    # a sensor recorded after the count (a range reaching into live) takes its live partition
+                    await batches.add(rec.topic, rec.key, rec.value, partition=placement.get(rec.key))
                     out.readings += 1
                 else:
                     # every call on one partition, in the recorded order: the workflow agent forwards

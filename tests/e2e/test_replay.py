@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,6 +46,7 @@ from sim.scenarios import city
 from storage.db import connect
 from storage.migrate import migrate
 from storage.replay import list_replay_topics
+from storage.replay_partitions import spread_sensors
 from streams import markers
 from streams.routing import RULES_DIR
 from tests.e2e.conftest import ROOT, wait_until_subscribed
@@ -327,7 +329,8 @@ async def test_replay_topics_keys_order_keep_list_clean_and_ctrl_c(
     assert f"replay {run}: {len(readings)} readings, {len(hotline)} hotline events" in kept.stdout
     assert "published" in kept.stderr and "caught up" in kept.stderr  # progress on stderr
 
-    # keyed like live (murmur2 of the key over the live partition count), each sensor in event-time order
+    # keyed by sensor over the live partition count, each sensor on the partition the engine placed it on
+    # (storage.replay_partitions: by its readings in the range) and in event-time order,
     # with a progress marker per partition every 5 event minutes and a final one (streams.markers)
     n_marks = 4 * (3 + 1)
     sent = await _drain(kafka_bootstrap, f"replay.{run}.city.sensor.readings", len(readings) + n_marks)
@@ -343,13 +346,15 @@ async def test_replay_topics_keys_order_keep_list_clean_and_ctrl_c(
             else:  # a marker promises that nothing earlier follows on its partition
                 assert floor is None or datetime.fromisoformat(json.loads(m.value)["ts"]) >= floor
         assert seen == [(T0 + timedelta(minutes=k), False) for k in (5, 10, 15)] + [(last, True)]
-    partitioner = DefaultPartitioner()
     n_parts = 1 + max(m.partition for m in msgs)
     assert n_parts == 4
+    placed = spread_sensors({s: 40 for s in SENSORS}, n_parts)
     per_sensor: dict[bytes, list[str]] = {}
     for m in sorted(msgs, key=lambda m: (m.partition, m.offset)):
-        assert m.partition == partitioner(m.key, list(range(n_parts)), list(range(n_parts)))
+        assert m.partition == placed[m.key]
         per_sensor.setdefault(m.key, []).append(json.loads(m.value)["ts"])
+    per_partition = Counter(m.partition for m in msgs)  # equal loads: the sensors spread evenly
+    assert max(per_partition.values()) - min(per_partition.values()) <= 40, per_partition
     assert set(per_sensor) == {s.encode() for s in SENSORS}
     assert all(ts == sorted(ts) and len(ts) == 40 for ts in per_sensor.values())
     calls = [m for m in await _drain(kafka_bootstrap, f"replay.{run}.city.hotline.events", len(hotline) + n_marks)
