@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import faust
 from pydantic import Field
@@ -150,6 +150,13 @@ def create_app(settings: WorkerSettings, clock: Callable[[], datetime]) -> faust
     lifecycle_agent.register_mode_board(ctx)
     lifecycle_agent.register_rules_reload(ctx)
     app.citybrain_context = ctx  # type: ignore[attr-defined]
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # (mode types receivers as a union mypy cannot match)
+    async def close_clients(sender: Any, **kwargs: Any) -> None:
+        # the department topics' admin client: left open, its tasks kept the worker's
+        # shutdown waiting a second for them (mode's Worker._gather_all) before it cancelled them
+        await ctx.close()
+
     return app
 
 

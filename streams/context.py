@@ -91,6 +91,11 @@ class WorkerContext:
             self._topic_creator = TopicCreator(s.kafka_bootstrap_servers, s.kafka_security.aiokafka_kwargs())
         return self._topic_creator
 
+    async def close(self) -> None:
+        """The clients this context opened itself (Faust closes its own)."""
+        if self._topic_creator is not None:
+            await self._topic_creator.close()
+
     async def dept_topic(self, code: str) -> Any:
         """`city.alerts.dept.<code>`, created on first use with the pipeline's partition count."""
         return await self.run_time_topic(self.topics.dept(code))

@@ -1,6 +1,6 @@
 """Fixes to faust-streaming (pinned 0.15.3): two to its offset bookkeeping,
-applied once when the worker app is built, and its worker without the
-terminal spinner (`Worker`, at the end).
+one to its start-up, applied once when the worker app is built, and its
+worker without the terminal spinner (`Worker`, at the end).
 
 The stall they cure (bench.faults worker_kill9 failed about one run in
 three): after a (re)start, `Recovery._resume_streams` resumes the stream
@@ -21,15 +21,24 @@ then read again after the seek resets the position. Measured, per partition:
 Fix 1 (the cause): seek first, then resume the stream partitions, so nothing
 is read from them before they sit at their committed offsets.
 Fix 2 (defence): before Faust picks the run, drop offsets below the committed
-one and duplicates. Everything else is Faust's own code, unchanged.
+one and duplicates.
+
+Fix 4 (start-up): the table manager waited a fixed second before it set up
+the tables' changelog channels, and the consumer subscribes only after that:
+every worker start (a replay's workers, a restarted live worker) took a
+second longer. This app declares every table when it is built (a table
+declared later makes Faust raise "Too late to add tables"), so there is
+nothing to wait for. Everything else is Faust's own code, unchanged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, cast
 
 import faust
+from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 
@@ -72,6 +81,14 @@ async def _resume_streams(self: Any, generation_id: int = 0) -> None:
     self.log.info("Worker ready")
 
 
+async def _tables_on_start(self: Any) -> None:
+    # Faust 0.15.3's TableManager.on_start without its `await self.sleep(1.0)` (fix 4)
+    await asyncio.sleep(0)
+    if not self.should_stop:
+        await self._update_channels()
+        await self.recovery.start()
+
+
 def apply() -> None:
     if getattr(Consumer, _APPLIED, False):
         return
@@ -94,11 +111,13 @@ def apply() -> None:
     # fix 3 (cost, not correctness): no four tasks per delivered message (streams/faust_drain.py)
     Consumer._drain_messages = drain_messages  # type: ignore[method-assign]
     Recovery._resume_streams = _resume_streams  # type: ignore[method-assign]
+    TableManager.on_start = _tables_on_start  # type: ignore[method-assign]
     setattr(Consumer, _APPLIED, True)
 
 
 class Worker(faust.Worker):
-    """Faust's worker without its progress spinner. At log level WARNING or
+    """Faust's worker without its progress spinner, and without mode's fixed
+    second at the end of its stop (`_sentinel_task`). At log level WARNING or
     above (`citybrain worker`'s default, every replay worker) Faust keeps the
     spinner and, to spin it on every log record, sets the ROOT logger to DEBUG
     for good (faust/worker.py `_setup_spinner_handler`); once started the
@@ -108,3 +127,10 @@ class Worker(faust.Worker):
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
+
+    async def _sentinel_task(self) -> None:
+        # mode's Worker slept a whole second here, after every service had stopped and
+        # every task had finished, before it closed the loop: a second of every worker's
+        # stop (a replay waits for its workers' stops). A moment lets closing transports
+        # run their last callbacks.
+        await asyncio.sleep(0.05)

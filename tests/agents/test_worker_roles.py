@@ -51,3 +51,18 @@ def test_every_role_follows_the_modes_and_the_rules_file(tmp_path: Path, role: s
 def test_an_unknown_role_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="role"):
         build(tmp_path, "lifecycle")
+
+
+async def test_the_worker_closes_its_department_topic_client_as_it_stops(tmp_path: Path) -> None:
+    """Left open, the admin client's tasks held every worker's stop a second."""
+    app = build(tmp_path, "all")
+    ctx = context_of(app)
+    closed: list[bool] = []
+
+    class Creator:
+        async def close(self) -> None:
+            closed.append(True)
+
+    ctx._topic_creator = Creator()  # type: ignore[assignment]  # as after the first department topic was made
+    await app.on_before_shutdown.send()
+    assert closed == [True]

@@ -121,6 +121,31 @@ async def test_stream_partitions_are_resumed_only_after_the_seek() -> None:
     assert r.calls[-1] == "rebalance_end"
 
 
+async def test_the_table_manager_starts_without_its_fixed_second() -> None:
+    from faust.tables.manager import TableManager
+
+    calls: list[Any] = []
+
+    async def sleep(seconds: float) -> None:
+        calls.append(("sleep", seconds))
+
+    async def update_channels() -> None:
+        calls.append("channels")
+
+    async def recovery_start() -> None:
+        calls.append("recovery")
+
+    manager = SimpleNamespace(should_stop=False, sleep=sleep, _update_channels=update_channels,
+                              recovery=SimpleNamespace(start=recovery_start))
+    faust_fixes.apply()
+    await TableManager.on_start(manager)  # type: ignore[arg-type]
+    assert calls == ["channels", "recovery"]  # Faust's own waited `self.sleep(1.0)` first
+    calls.clear()
+    manager.should_stop = True
+    await TableManager.on_start(manager)  # type: ignore[arg-type]
+    assert calls == []
+
+
 def test_the_fixes_are_written_for_the_pinned_faust() -> None:
     import faust
 
@@ -155,3 +180,24 @@ def test_the_worker_leaves_the_root_logger_at_its_level() -> None:
 
     assert _root_level_after_setup(faust.Worker) == logging.DEBUG
     assert _root_level_after_setup(faust_fixes.Worker) == logging.WARNING
+
+
+async def test_the_worker_does_not_sleep_a_second_before_closing_its_loop() -> None:
+    import asyncio
+    from unittest import mock
+
+    import faust
+
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(0)
+
+    with mock.patch("asyncio.sleep", sleep):
+        await faust.Worker._sentinel_task(None)  # type: ignore[arg-type]
+        assert slept == [1.0]  # mode's own: a second on every stop
+        slept.clear()
+        await faust_fixes.Worker._sentinel_task(None)  # type: ignore[arg-type]
+    assert slept and max(slept) <= 0.1
