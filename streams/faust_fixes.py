@@ -1,4 +1,4 @@
-"""Fixes to faust-streaming (pinned 0.15.3): two to its offset bookkeeping,
+"""Fixes to faust-streaming (pinned 0.15.3): three to its offset bookkeeping,
 one to its start-up, applied once when the worker app is built, and its
 worker without the terminal spinner (`Worker`, at the end).
 
@@ -23,6 +23,19 @@ is read from them before they sit at their committed offsets.
 Fix 2 (defence): before Faust picks the run, drop offsets below the committed
 one and duplicates.
 
+Fix 5 (records lost at a rebalance): aiokafka's `seek_to_committed` seeks
+only partitions with a committed offset above 0, and Faust relies on it to
+re-read what it dropped. A worker rebalanced while records were arriving
+(a replay's second worker joining as the first began to read) had a fetch
+of two whole partitions come back while its flow was stopped; Faust dropped
+them and sought "back to committed", but nothing had been committed there
+yet, so the fetch position stayed past them: the worker never saw those
+readings and the run stalled 2,526 readings short (bench.replay --quick with
+0.5 s heartbeats, 2 runs of 4). Partitions without a committed offset (or
+with 0) are now sought to their beginning, as the worker's
+auto_offset_reset="earliest" reads a partition the first time; changelog
+partitions are left to Faust's recovery, which places them itself.
+
 Fix 4 (start-up): the table manager waited a fixed second before it set up
 the tables' changelog channels, and the consumer subscribes only after that:
 every worker start (a replay's workers, a restarted live worker) took a
@@ -35,12 +48,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any, cast
 
 import faust
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from streams.faust_drain import drain_messages
 
@@ -81,6 +96,23 @@ async def _resume_streams(self: Any, generation_id: int = 0) -> None:
     self.log.info("Worker ready")
 
 
+async def _seek_all_to_committed(thread: Any) -> Mapping[Any, int | None]:
+    """In the consumer thread: aiokafka's seek_to_committed, then the partitions
+    it left where they were (fix 5) to their beginning."""
+    consumer = thread._ensure_consumer()
+    committed: Mapping[Any, int | None] = await consumer.seek_to_committed()
+    is_changelog = thread.consumer._is_changelog_tp
+    unset = [tp for tp, offset in committed.items() if (offset is None or offset <= 0) and not is_changelog(tp)]
+    if unset:
+        await consumer.seek_to_beginning(*unset)
+    return committed
+
+
+async def _seek_to_committed(self: Any) -> Mapping[Any, int | None]:
+    # Faust 0.15.3's AIOKafkaConsumerThread.seek_to_committed, through fix 5
+    return cast(Mapping[Any, int | None], await self.call_thread(_seek_all_to_committed, self))
+
+
 async def _tables_on_start(self: Any) -> None:
     # Faust 0.15.3's TableManager.on_start without its `await self.sleep(1.0)` (fix 4)
     await asyncio.sleep(0)
@@ -112,6 +144,7 @@ def apply() -> None:
     Consumer._drain_messages = drain_messages  # type: ignore[method-assign]
     Recovery._resume_streams = _resume_streams  # type: ignore[method-assign]
     TableManager.on_start = _tables_on_start  # type: ignore[method-assign]
+    AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign,assignment]
     setattr(Consumer, _APPLIED, True)
 
 

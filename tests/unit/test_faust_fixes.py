@@ -201,3 +201,41 @@ async def test_the_worker_does_not_sleep_a_second_before_closing_its_loop() -> N
         slept.clear()
         await faust_fixes.Worker._sentinel_task(None)  # type: ignore[arg-type]
     assert slept and max(slept) <= 0.1
+
+
+class _SeekConsumer:
+    """aiokafka's consumer as fix 5 sees it: committed offsets per partition."""
+
+    def __init__(self, committed: dict[Any, int | None]) -> None:
+        self.committed = committed
+        self.to_beginning: list[Any] = []
+
+    async def seek_to_committed(self) -> dict[Any, int | None]:
+        return dict(self.committed)  # aiokafka seeks only those above 0 itself
+
+    async def seek_to_beginning(self, *tps: Any) -> bool:
+        self.to_beginning.extend(tps)
+        return True
+
+
+async def test_partitions_never_committed_are_read_again_from_their_beginning() -> None:
+    """A fetch Faust drops while its flow is stopped is read again only if the seek
+    moves the position back: with nothing committed, aiokafka left it past them."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    faust_fixes.apply()
+    readings = [TP("city.sensor.readings", p) for p in range(4)]
+    changelog = TP("app-sensor-state-changelog", 0)
+    consumer = _SeekConsumer({readings[0]: 120, readings[1]: None, readings[2]: 0, readings[3]: -1001,
+                              changelog: None})
+
+    async def call_thread(fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+    thread = SimpleNamespace(
+        _ensure_consumer=lambda: consumer, call_thread=call_thread,
+        consumer=SimpleNamespace(_is_changelog_tp=lambda tp: tp.topic.endswith("-changelog")),
+    )
+    got = await AIOKafkaConsumerThread.seek_to_committed(thread)  # type: ignore[arg-type]
+    assert got == consumer.committed  # Faust's read offsets still come from what was committed
+    assert sorted(consumer.to_beginning) == readings[1:]  # the changelog is the recovery's to place
