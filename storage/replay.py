@@ -532,6 +532,10 @@ def worker_env(base_env: Mapping[str, str], settings: ReplaySettings, req: Repla
         # (_Workers.check), so nothing would fail over to them; reading the other
         # workers' changelogs cost bench.replay ~2 s of 79 (median of 3 runs each)
         WORKER_STANDBY_REPLICAS="0",
+        # the second worker to join rebalances the first, which hears of it at its next
+        # heartbeat: at Faust's 3 s that was most of the ~5 s the workers took to be ready
+        # (a rebalance that soon after the start lost records until streams.faust_fixes fix 5)
+        WORKER_HEARTBEAT_INTERVAL_S="0.5",
         PYTHONUNBUFFERED="1",
     )
     if req.rules_file is not None:  # else the live worker's rules (its environment): unchanged rules

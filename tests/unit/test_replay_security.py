@@ -107,6 +107,7 @@ def test_the_replay_worker_runs_with_the_engines_identity(tmp_path: Path, monkey
     assert env["WORKER_APP_ID"] == "citybrain-replay-r20260504x2" == app_id(req.run)
     assert env["WORKER_TOPIC_PREFIX"] == "replay.r20260504x2." and env["KAFKA_BOOTSTRAP_SERVERS"] == "h:9094"
     assert env["WORKER_STANDBY_REPLICAS"] == "0"  # a run's worker that dies fails the run: none to fail over to
+    assert float(env["WORKER_HEARTBEAT_INTERVAL_S"]) <= 0.5  # a joining worker's rebalance is heard at once
     plain = worker_env(base, _settings(kafka_security=KafkaSecurity(security_protocol="PLAINTEXT")), req, 2,
                        tmp_path)
     assert plain["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
