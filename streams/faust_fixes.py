@@ -23,6 +23,13 @@ is read from them before they sit at their committed offsets.
 Fix 2 (defence): before Faust picks the run, drop offsets below the committed
 one and duplicates.
 
+Fix 4 (start-up): the table manager waited a fixed second before it set up
+the tables' changelog channels, and the consumer subscribes only after that:
+every worker start (a replay's workers, a restarted live worker) took a
+second longer. This app declares every table when it is built (a table
+declared later makes Faust raise "Too late to add tables"), so there is
+nothing to wait for.
+
 Fix 5 (records lost at a rebalance): aiokafka's `seek_to_committed` seeks
 only partitions with a committed offset above 0, and Faust relies on it to
 re-read what it dropped. A worker rebalanced while records were arriving
@@ -36,12 +43,7 @@ with 0) are now sought to their beginning, as the worker's
 auto_offset_reset="earliest" reads a partition the first time; changelog
 partitions are left to Faust's recovery, which places them itself.
 
-Fix 4 (start-up): the table manager waited a fixed second before it set up
-the tables' changelog channels, and the consumer subscribes only after that:
-every worker start (a replay's workers, a restarted live worker) took a
-second longer. This app declares every table when it is built (a table
-declared later makes Faust raise "Too late to add tables"), so there is
-nothing to wait for. Everything else is Faust's own code, unchanged.
+Everything else is Faust's own code, unchanged.
 """
 
 from __future__ import annotations
