@@ -131,6 +131,7 @@ class ReplayOutcome:
     hotline: int = 0
     actions: int = 0  # recorded operator actions republished
     modes: int = 0  # recorded mode switches republished
+    ready_s: float = 0.0  # from the start of the run until every worker was in the group (publishing starts)
     publish_s: float = 0.0  # reading the range and publishing it
     detect_s: float = 0.0  # from the start of the run until the worker had committed every reading
     total_s: float = 0.0
@@ -720,6 +721,7 @@ async def run_replay(settings: ReplaySettings, req: ReplayRequest, *, stop: asyn
             env = worker_env(base_env, settings, req, partitions, run_dir / "faust")
             await workers.start(env, n_workers)
             await _all_joined(settings, req, n_workers, stop, workers, progress)
+            out.ready_s = time.monotonic() - t0
             pub_s = await _publish(settings, conn, req, topics, spread_sensors(counts.per_sensor, partitions),
                                    partitions, n_readings + n_hotline + n_actions + n_modes, out, stop, workers,
                                    progress)
