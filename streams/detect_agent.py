@@ -91,7 +91,8 @@ class DetectStage:
         self.processor.routing = self.ctx.rules.table
 
     async def process(self, messages: Sequence[Any]) -> None:
-        """One batch of readings records (Faust `Message`s: topic, partition, offset, key, value)."""
+        """One batch of readings records: aiokafka's records from the drain loop, Faust `Message`s
+        from the agent (both have topic, partition, offset, key, value)."""
         async with self._one_batch:
             await self._process(messages)
 

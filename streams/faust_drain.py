@@ -28,15 +28,22 @@ where it was for good (replay runs whose workers rebalanced at start: a
 few partitions stuck 20-60 records short of their end).
 
 **Batch handlers** (`register_batch_handler`): the records of a topic that
-has one never reach the conductor. They are tracked as Faust tracks a
-delivered message (so a rebalance's `wait_empty` waits for them), collected
-per fetched batch and queued, in lists of at most `batch_max`, for the
-topic's `Lane` task once every other record of that fetch has been
-delivered to its stream; the lane hands each list to the handler and acks
-it once the handler returns, in order. The handler must not raise (it
-dead-letters what it cannot process); if it does, its records stay unacked
-and the consumer crashes as it would on a failed delivery, so they are read
-again after the restart.
+has one never reach the conductor, nor become Faust `Message`s: the lane
+gets aiokafka's records as fetched (topic, partition, offset, key, value,
+headers), a partition's run at a time. Faust's per-record work for them
+(a `Message` each, `track_message` with the sensors' bookkeeping, `ack`
+under its lock) cost about a tenth of a detect worker's CPU (bench.worker);
+`FaustBatchAcks` does the same bookkeeping once per batch: a pending token
+in the consumer's unacked set while the batch is queued or handled (so a
+rebalance's `wait_empty` waits for it), then the batch's offsets into
+Faust's acked index, as `Consumer.ack` puts them, for its commit. Batches
+are queued, in lists of at most `batch_max`, for the topic's `Lane` task
+once every other record of that fetch has been delivered to its stream;
+the lane hands each list to the handler and acks it once the handler
+returns, in order. The handler must not raise (it dead-letters what it
+cannot process); if it does, its records stay unacked and the consumer
+crashes as it would on a failed delivery, so they are read again after the
+restart.
 
 Everything else is Faust's code, unchanged (copied from 0.15.3, BSD-3-Clause).
 """
@@ -45,10 +52,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
+from typing import Any, Protocol, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
+from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
 log = logging.getLogger("citybrain.streams.drain")
 
@@ -81,6 +91,68 @@ PAUSED_POLL_S = 0.01  # getmany timeout while a lane is paused: resume within ~1
 IDLE_WAIT_S = 1.0  # Faust's own pause when no partition is active (its getmany sleeps this long)
 
 
+class BatchAcks(Protocol):
+    def track(self, batch: list[Any]) -> Any:
+        """Called as a batch is queued; returns what `ack` gets back."""
+
+    def ack(self, batch: list[Any], token: Any) -> None:
+        """Called once the handler has handled the batch."""
+
+
+class _Pending:
+    """A queued batch in Faust's unacked set (a weak set of messages): its
+    `wait_empty` waits while one is there, and reads `acked` and `refcount`."""
+
+    __slots__ = ("__weakref__", "acked", "refcount")
+
+    def __init__(self) -> None:
+        self.acked = False
+        self.refcount = 0
+
+
+class FaustBatchAcks:
+    """Faust's `Consumer.track_message` and `Consumer.ack` (0.15.3) for a whole
+    batch of raw records: the same acked index, acked offsets and count, so
+    its commit takes them as it takes acked messages. The sensors' per-message
+    bookkeeping is left out (nothing here reads Faust's message counts)."""
+
+    __slots__ = ("consumer",)
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+
+    def track(self, batch: list[Any]) -> _Pending:
+        token = _Pending()
+        self.consumer._unacked_messages.add(token)
+        return token
+
+    def ack(self, batch: list[Any], token: _Pending) -> None:
+        c = self.consumer
+        enabled_for = c.app.topics.acks_enabled_for
+        with ack_lock:
+            n = 0
+            topic, partition = None, -1
+            on, committed = False, None
+            index: set[int] = set()
+            acked: list[int] = []
+            for record in batch:
+                if record.partition != partition or record.topic != topic:
+                    topic, partition = record.topic, record.partition
+                    tp = TP(topic, partition)
+                    on = enabled_for(topic)
+                    if on:
+                        committed, index, acked = c._committed_offset[tp], c._acked_index[tp], c._acked[tp]
+                offset = record.offset
+                if on and (committed is None or offset >= committed) and offset not in index:
+                    index.add(offset)
+                    acked.append(offset)
+                    n += 1
+            c._n_acked += n
+            token.acked = True
+            c._unacked_messages.discard(token)
+            notify(c._waiting_for_ack)
+
+
 class Lane:
     """One topic's batches, handled by their own task in arrival order and
     acked once handled (Faust's commit takes only contiguous acked offsets, so
@@ -89,13 +161,16 @@ class Lane:
     while a batch is handled, as it does for a stream's buffer; a backlog of
     LANE_HIGH batches pauses this topic's partitions instead of the fetcher."""
 
-    __slots__ = ("backlog", "consumer", "handler", "most", "paused", "queue", "resumed", "room", "task", "topic")
+    __slots__ = ("acks", "backlog", "consumer", "handler", "most", "paused", "queue", "resumed", "room", "task",
+                 "topic")
 
     def __init__(self, consumer: Any, handler: BatchHandler, most: int, topic: str = "",
-                 resumed: asyncio.Event | None = None) -> None:  # fmt: skip
+                 resumed: asyncio.Event | None = None, acks: BatchAcks | None = None) -> None:  # fmt: skip
         self.consumer, self.handler, self.most, self.topic = consumer, handler, most, topic
+        self.acks: BatchAcks = acks if acks is not None else FaustBatchAcks(consumer)
         self.resumed = resumed if resumed is not None else asyncio.Event()  # set when it gives partitions back
-        self.queue: asyncio.Queue[list[Any] | None] = asyncio.Queue()  # bounded by pausing, and by LANE_CAP
+        # bounded by pausing, and by LANE_CAP
+        self.queue: asyncio.Queue[tuple[list[Any], Any] | None] = asyncio.Queue()
         self.backlog = 0  # records queued or being handled
         self.paused: set[Any] = set()  # this topic's partitions the lane took out of fetching
         self.room = asyncio.Event()
@@ -109,10 +184,11 @@ class Lane:
         elif task.done():
             task.result()  # the handler's error, raised in the fetcher: the consumer crashes as on a failed delivery
             raise RuntimeError("batch lane stopped")
+        track = self.acks.track
         for i in range(0, len(batch), self.most):
             chunk = batch[i:i + self.most]
             self.backlog += len(chunk)
-            self.queue.put_nowait(chunk)
+            self.queue.put_nowait((chunk, track(chunk)))
         if self.backlog >= LANE_HIGH * self.most:
             self._pause()
             if self.backlog >= LANE_CAP * self.most:
@@ -135,16 +211,16 @@ class Lane:
         self.resumed.set()
 
     async def _run(self) -> None:
-        ack = self.consumer.ack
-        while (batch := await self.queue.get()) is not None:
+        ack = self.acks.ack
+        while (item := await self.queue.get()) is not None:
+            batch, token = item
             try:
                 await self.handler(batch)
             except BaseException:
                 log.exception("batch handler failed; its records stay unacked")
                 self.room.set()  # a fetcher waiting at the cap goes on, and its next put raises this
                 raise
-            for message in batch:
-                ack(message)
+            ack(batch, token)
             self.backlog -= len(batch)
             if self.paused and self.backlog <= self.most:
                 self._resume()
@@ -226,9 +302,35 @@ async def deliver(coro: Coroutine[Any, Any, Any],
     await slow(_finish(coro, first))
 
 
-async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover (the worker's tests run it)
+async def fetch(self: Any, timeout: float) -> tuple[Mapping[Any, list[Any]], set[Any] | None, int] | None:
+    """Faust's `Consumer.getmany` (0.15.3) up to its per-record loop: the fetched
+    records per partition, the partitions active then, and the generation."""
+    records, active = await self._wait_next_records(timeout)
+    generation = self.app.consumer_generation_id
+    if records is None or self.should_stop:
+        return None
+    if not self.flow_active:
+        self.log.dev("getmany called while flow not active. Seek back to committed offsets.")
+        try:
+            await self.perform_seek()
+        except Exception as ex:
+            self.log.warning(f"exception performing seek when flow not active {ex}")
+        return None
+    return records, active, generation
+
+
+def _flowing(self: Any, generation: int) -> bool:
+    """Faust's getmany stops yielding once the flow stops or the generation changes."""
+    return bool(self.flow_active) and self.app.consumer_generation_id == generation
+
+
+def _fetched(self: Any, active: set[Any] | None, tp: Any) -> bool:
+    """Faust's getmany yields only the partitions active when it fetched."""
+    return active is None or tp in active or tp in self._buffered_partitions
+
+
+async def drain_messages(self: Any, fetcher: Any) -> None:
     callback = self.callback
-    getmany = self.getmany
     consumer_should_stop = self._stopped.is_set
     fetcher_should_stop = fetcher._stopped.is_set
     suspended = self.suspend_flow.is_set
@@ -275,7 +377,7 @@ async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover (
     resumed = asyncio.Event()
     lanes = {topic: Lane(self, handler, most, topic, resumed)
              for topic, (handler, most) in batch_handlers(self.app).items()}
-    track = self.track_message
+    to_message = self._to_message
     pending: dict[str, list[Any]] = {}
 
     try:
@@ -284,10 +386,28 @@ async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover (
                 continue
             set_flag(flag_consumer_fetching)
             # while a lane is paused, come back soon: its resumption takes effect at the next getmany
-            ait = getmany(timeout=PAUSED_POLL_S if any(lane.paused for lane in lanes.values()) else 1.0)
+            got = await fetch(self, PAUSED_POLL_S if any(lane.paused for lane in lanes.values()) else 1.0)
             await self.sleep(0)
-            if not self.should_stop:
-                async for tp, message in ait:
+            if got is not None and not self.should_stop:
+                records, active, generation = got
+                rest: Mapping[Any, list[Any]] = records
+                laned: list[tuple[Any, list[Any]]] = []
+                if lanes:
+                    rest = {}
+                    for tp, recs in records.items():
+                        if tp.topic in lanes:
+                            laned.append((tp, recs))
+                        else:
+                            rest[tp] = recs
+
+                # the stream topics' records, one at a time as Faust's getmany yields them
+                for tp, record in self.scheduler.iterate(rest) if rest else ():
+                    if not _flowing(self, generation):
+                        break
+                    if not _fetched(self, active, tp):
+                        continue
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    message = to_message(tp, record)
                     num_since_yield += 1
                     if num_since_yield > yield_every:
                         await sleep(0)
@@ -309,15 +429,38 @@ async def drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover (
                             if self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 commit_in_background()
-                        if lanes and message.topic in lanes:
-                            track(message)
-                            pending.setdefault(message.topic, []).append(message)
-                        else:
-                            await deliver(callback(message), slow)
+                        await deliver(callback(message), slow)
                         set_read_offset(tp, offset)
                     else:
                         self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
-                # after every other record of the fetch has reached its stream
+
+                # the batch handlers' records, a partition's run at a time, after every
+                # other record of the fetch has reached its stream; the same tests and
+                # read-offset rules as above, record by record
+                for tp, recs in laned:
+                    if not _flowing(self, generation):
+                        break
+                    if not _fetched(self, active, tp):
+                        continue
+                    if suspended() or consumer_should_stop() or crashed():
+                        break  # not queued, read offset unmoved: read again after the seek
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    r_offset = get_read_offset(tp)
+                    if r_offset is not None and recs and recs[0].offset < r_offset:
+                        recs = [r for r in recs if r.offset >= r_offset]
+                    if not recs:
+                        continue
+                    if acks_enabled_for(tp.topic):
+                        prev = r_offset
+                        for r in recs:
+                            if prev and r.offset - prev > 1:
+                                await self._add_gap(tp, prev + 1, r.offset)
+                            prev = r.offset
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        commit_in_background()
+                    pending.setdefault(tp.topic, []).extend(recs)
+                    set_read_offset(tp, recs[-1].offset)
                 while pending:
                     topic, batch = pending.popitem()
                     await lanes[topic].put(batch)

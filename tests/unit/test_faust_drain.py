@@ -10,11 +10,21 @@ from collections import defaultdict
 from collections.abc import Awaitable
 from types import SimpleNamespace
 from typing import Any
+from weakref import WeakSet
 
 import pytest
+from faust.transport.consumer import Consumer
 from faust.types import TP
 
-from streams.faust_drain import LANE_CAP, Lane, deliver, drain_messages, wait_while_all_paused
+from streams.faust_drain import (
+    LANE_CAP,
+    FaustBatchAcks,
+    Lane,
+    deliver,
+    drain_messages,
+    register_batch_handler,
+    wait_while_all_paused,
+)
 
 
 class Slow:
@@ -118,9 +128,12 @@ class Acks:
         self.fetching = set(assigned)
         self.events: list[tuple[str, int]] = []
 
-    def ack(self, message: int) -> bool:
-        self.acked.append(message)
-        return True
+    def track(self, batch: list[int]) -> tuple[int, ...]:
+        return tuple(batch)
+
+    def ack(self, batch: list[int], token: tuple[int, ...]) -> None:
+        assert token == tuple(batch), "the token track gave for this very batch"
+        self.acked.extend(batch)
 
     def assignment(self) -> set[TP]:
         return set(self.assigned)
@@ -148,7 +161,7 @@ async def test_a_lane_hands_batches_in_order_in_lists_of_at_most_most_and_acks_a
         await asyncio.sleep(0)
         seen.append(list(batch))
 
-    lane = Lane(consumer, handler, most=3)
+    lane = Lane(consumer, handler, most=3, acks=consumer)
     await lane.put([1, 2, 3, 4, 5, 6, 7])
     await lane.put([8])
     lane.close()
@@ -167,7 +180,7 @@ async def test_a_failed_handler_leaves_its_records_unacked_and_stops_the_fetcher
         if 2 in batch:
             raise ConnectionError("producer gone")
 
-    lane = Lane(consumer, handler, most=1)
+    lane = Lane(consumer, handler, most=1, acks=consumer)
     await lane.put([1, 2, 3])
     assert lane.task is not None
     with pytest.raises(ConnectionError):
@@ -178,6 +191,7 @@ async def test_a_failed_handler_leaves_its_records_unacked_and_stops_the_fetcher
 
 
 READINGS = (TP("r", 0), TP("r", 1))
+HOTLINE = TP("city.hotline.events", 2)
 
 
 async def test_a_backlog_pauses_the_topics_partitions_not_the_fetcher_and_one_batch_left_resumes_them() -> None:
@@ -187,7 +201,7 @@ async def test_a_backlog_pauses_the_topics_partitions_not_the_fetcher_and_one_ba
     async def handler(batch: list[Any]) -> None:
         await gate.wait()
 
-    lane = Lane(consumer, handler, most=2, topic="r")
+    lane = Lane(consumer, handler, most=2, topic="r", acks=consumer)
     await asyncio.wait_for(lane.put([1, 2, 3]), 1)  # below LANE_HIGH batches: still fetching
     assert consumer.fetching == {*READINGS, TP("other", 0)} and not lane.paused
     await asyncio.wait_for(lane.put([4, 5, 6]), 1)  # 6 records = 3 batches queued: paused, and put did not wait
@@ -210,7 +224,7 @@ async def test_a_lane_at_its_cap_makes_the_fetcher_wait_and_a_revoked_partition_
     async def handler(batch: list[Any]) -> None:
         await gate.wait()
 
-    lane = Lane(consumer, handler, most=1, topic="r")
+    lane = Lane(consumer, handler, most=1, topic="r", acks=consumer)
     put = asyncio.ensure_future(lane.put(list(range(LANE_CAP))))
     await asyncio.sleep(0.05)
     assert not put.done(), "at LANE_CAP batches the fetcher waits (memory stays bounded)"
@@ -231,7 +245,7 @@ async def test_a_handler_failing_while_the_fetcher_waits_at_the_cap_releases_it_
         await asyncio.sleep(0.01)
         raise ConnectionError("producer gone")
 
-    lane = Lane(consumer, handler, most=1, topic="r")
+    lane = Lane(consumer, handler, most=1, topic="r", acks=consumer)
     await asyncio.wait_for(lane.put(list(range(LANE_CAP))), 2)  # released, not stuck
     with pytest.raises(ConnectionError, match="producer gone"):
         await lane.put([99])
@@ -248,7 +262,7 @@ async def test_with_every_partition_paused_the_fetcher_waits_for_the_lane_not_a_
         await gate.wait()
 
     resumed = asyncio.Event()
-    lane = Lane(consumer, handler, most=1, topic="r", resumed=resumed)
+    lane = Lane(consumer, handler, most=1, topic="r", resumed=resumed, acks=consumer)
     await lane.put([1, 2, 3])
     assert consumer.fetching == set() and lane.paused
     waiting = asyncio.ensure_future(wait_while_all_paused(consumer, [lane], resumed, timeout=60))
@@ -268,7 +282,7 @@ async def test_the_fetcher_does_not_wait_while_other_partitions_are_active_or_no
         await gate.wait()
 
     resumed = asyncio.Event()
-    lane = Lane(consumer, handler, most=1, topic="r", resumed=resumed)
+    lane = Lane(consumer, handler, most=1, topic="r", resumed=resumed, acks=consumer)
     assert await wait_while_all_paused(consumer, [lane], resumed, timeout=60) is False  # nothing paused
     await lane.put([1, 2, 3])
     assert lane.paused and consumer.fetching == {TP("other", 0)}
@@ -280,11 +294,12 @@ async def test_the_fetcher_does_not_wait_while_other_partitions_are_active_or_no
 
 
 class FakeConsumer:
-    """What `drain_messages` reads of Faust's consumer, around scripted fetches."""
+    """What `drain_messages` reads of Faust's consumer, around scripted fetches.
+    A fetch is a list of offsets of `tp`, or of (tp, offset) pairs."""
 
     consumer_stopped_errors = (RuntimeError,)
 
-    def __init__(self, fetches: list[list[int]], on_offset: dict[int, Any]) -> None:
+    def __init__(self, fetches: list[list[Any]], on_offset: dict[int, Any], tp: TP = HOTLINE) -> None:
         self.fetches, self.on_offset = fetches, on_offset
         self.delivered: list[int] = []
         self.gaps: list[tuple[int, int]] = []
@@ -292,28 +307,43 @@ class FakeConsumer:
         self._read_offset: defaultdict[Any, int | None] = defaultdict(lambda: None)
         self._commit_every = None
         self._n_acked = 0
+        self._buffered_partitions: set[Any] = set()
+        self.flow_active = True
         self.should_stop = False
         self.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
-        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+                                   consumer_generation_id=1,
+                                   monitor=SimpleNamespace(track_tp_end_offset=lambda tp, offset: None))
         self.log = SimpleNamespace(dev=lambda *a: None, info=lambda *a: None, exception=lambda *a: None)
         self.transport = SimpleNamespace(app=SimpleNamespace(should_stop=False))
-        self.tp = TP("city.hotline.events", 2)
+        self.tp = tp
+        self.scheduler = SimpleNamespace(iterate=self._iterate)
 
     async def callback(self, message: Any) -> None:
         self.delivered.append(message.offset)
 
-    def getmany(self, timeout: float) -> Any:
+    async def _wait_next_records(self, timeout: float) -> tuple[dict[Any, list[Any]], set[Any]]:
         if not self.fetches:
             self._stopped.set()
-        batch = self.fetches.pop(0) if self.fetches else []
+        records: dict[Any, list[Any]] = {}
+        for item in self.fetches.pop(0) if self.fetches else []:
+            tp, offset = item if isinstance(item, tuple) else (self.tp, item)
+            records.setdefault(tp, []).append(
+                SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=offset, key=b"k", value=b"v"))
+        return records, set(records)
 
-        async def records() -> Any:
-            for offset in batch:
-                if offset in self.on_offset:
-                    self.on_offset.pop(offset)(self)  # the rebalance's steps, as they interleave with the fetch
-                yield self.tp, SimpleNamespace(topic=self.tp.topic, partition=2, offset=offset, key=b"k", value=b"v")
+    def _iterate(self, records: dict[Any, list[Any]]) -> Any:
+        for tp, recs in records.items():
+            for record in recs:
+                if record.offset in self.on_offset:
+                    self.on_offset.pop(record.offset)(self)  # the rebalance's steps, as they interleave
+                yield tp, record
 
-        return records()
+    def _to_message(self, tp: Any, record: Any) -> Any:
+        return record
+
+    def highwater(self, tp: Any) -> int:
+        return 0
 
     async def wait_first(self, *aws: Any) -> None:
         await asyncio.wait([asyncio.ensure_future(a) for a in aws], return_when=asyncio.FIRST_COMPLETED)
@@ -327,11 +357,30 @@ class FakeConsumer:
     def _get_active_partitions(self) -> set[Any]:
         return {self.tp}
 
-    def track_message(self, message: Any) -> None:
-        raise AssertionError("no batch handler here")
-
     async def commit(self) -> None:
         pass
+
+    # Faust's acking state, for the lanes' FaustBatchAcks
+    def assignment(self) -> set[Any]:
+        return set()
+
+    @property
+    def _unacked_messages(self) -> Any:
+        return self.__dict__.setdefault("unacked", WeakSet())
+
+    _waiting_for_ack = None
+
+    @property
+    def _acked(self) -> Any:
+        return self.__dict__.setdefault("acked", defaultdict(list))
+
+    @property
+    def _acked_index(self) -> Any:
+        return self.__dict__.setdefault("acked_index", defaultdict(set))
+
+    @property
+    def _committed_offset(self) -> Any:
+        return self.__dict__.setdefault("committed", defaultdict(lambda: None))
 
 
 async def test_records_skipped_while_the_flow_is_suspended_are_read_again_after_the_seek() -> None:
@@ -347,15 +396,100 @@ async def test_records_skipped_while_the_flow_is_suspended_are_read_again_after_
         c._read_offset[c.tp] = 1
 
     consumer = FakeConsumer([[0], [1, 2, 3, 4], [1, 2, 3, 4, 5]], {2: suspend, 3: seek_to_committed})
-    real_getmany = consumer.getmany
+    real_fetch = consumer._wait_next_records
 
-    def getmany(timeout: float) -> Any:
+    async def fetch(timeout: float) -> Any:
         if len(consumer.fetches) == 1:  # the fetch after the drained one: the flow has resumed
             consumer.suspend_flow.clear()
-        return real_getmany(timeout)
+        return await real_fetch(timeout)
 
-    consumer.getmany = getmany  # type: ignore[method-assign]
+    consumer._wait_next_records = fetch  # type: ignore[method-assign]
     fetcher = SimpleNamespace(_stopped=asyncio.Event())
     await asyncio.wait_for(drain_messages(consumer, fetcher), 5)
     assert consumer.delivered == [0, 1, 1, 2, 3, 4, 5], "1 went before the suspension; every offset after the seek"
     assert consumer.gaps == [], "no offset counted as acked without its record"
+
+
+async def test_a_batch_handlers_records_reach_its_lane_per_fetch_after_the_stream_records_and_are_acked() -> None:
+    """Readings (a lane's topic) and hotline records (a stream's) in one fetch:
+    the stream's are delivered one by one first, then the readings go to the
+    handler as one batch of raw records; offsets below the read offset are
+    dropped, a hole inside the batch is a gap, and the batch is acked into
+    Faust's acked index once handled, its pending token gone."""
+    r0, r1 = TP("r", 0), TP("r", 1)
+    consumer = FakeConsumer([[(r0, 5), (r0, 6), (r0, 8), (r1, 3), 1, 2]], {})
+    consumer._read_offset[r0] = 6  # 5 was read before; Faust re-reads the read offset itself (>=)
+    handled: list[list[tuple[int, int]]] = []
+    order: list[str] = []
+
+    async def callback(message: Any) -> None:
+        order.append("stream")
+        consumer.delivered.append(message.offset)
+
+    async def handler(batch: list[Any]) -> None:
+        order.append("lane")
+        handled.append([(r.partition, r.offset) for r in batch])
+
+    consumer.callback = callback  # type: ignore[method-assign]
+    register_batch_handler(consumer.app, "r", handler, batch_max=100)
+    await asyncio.wait_for(drain_messages(consumer, SimpleNamespace(_stopped=asyncio.Event())), 5)
+    for _ in range(100):
+        if not consumer._unacked_messages:
+            break
+        await asyncio.sleep(0.01)
+    assert consumer.delivered == [1, 2] and order == ["stream", "stream", "lane"]
+    assert handled == [[(0, 6), (0, 8), (1, 3)]]
+    assert consumer.gaps == [(7, 8)], "offset 7 is missing from the log: Faust counts it acked"
+    assert consumer._read_offset[r0] == 8 and consumer._read_offset[r1] == 3
+    assert dict(consumer._acked) == {r0: [6, 8], r1: [3]} and consumer._n_acked == 3
+    assert not consumer._unacked_messages, "the batch's pending token is gone once acked"
+
+
+async def test_a_lanes_records_are_not_queued_nor_read_while_the_flow_is_suspended() -> None:
+    consumer = FakeConsumer([[(TP("r", 0), 4), (TP("r", 0), 5)]], {})
+    consumer.suspend_flow.set()
+    handled: list[Any] = []
+
+    async def handler(batch: list[Any]) -> None:
+        handled.append(batch)
+
+    register_batch_handler(consumer.app, "r", handler)
+    await asyncio.wait_for(drain_messages(consumer, SimpleNamespace(_stopped=asyncio.Event())), 5)
+    await asyncio.sleep(0.05)
+    assert handled == [] and consumer._read_offset[TP("r", 0)] is None
+
+
+class _Message:
+    """What Faust's Consumer.ack reads of a Message (weak-referenceable, as a Message is)."""
+
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset, self.tp, self.acked = topic, partition, offset, TP(topic, partition), False
+
+
+def _faust_consumer_state(enabled: set[str]) -> SimpleNamespace:
+    return SimpleNamespace(
+        app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: topic in enabled)),
+        _committed_offset=defaultdict(lambda: None, {TP("r", 1): 10}), _acked_index=defaultdict(set),
+        _acked=defaultdict(list), _unacked_messages=WeakSet(), _n_acked=0, _waiting_for_ack=None,
+    )  # fmt: skip
+
+
+def test_batch_acks_leave_faust_in_the_state_its_own_ack_of_each_message_does() -> None:
+    """Two partitions (one with offsets below its committed offset), a duplicate,
+    a topic whose acks are disabled: FaustBatchAcks over the raw records and
+    Faust's Consumer.ack over one Message each end in the same bookkeeping."""
+    offsets = [("r", 0, 0), ("r", 0, 1), ("r", 1, 9), ("r", 1, 10), ("r", 1, 11), ("r", 0, 1), ("noack", 0, 7)]
+    theirs, ours = _faust_consumer_state({"r"}), _faust_consumer_state({"r"})
+    messages = [_Message(t, p, o) for t, p, o in offsets]
+    for m in messages:
+        theirs._unacked_messages.add(m)  # as track_message does
+        Consumer.ack(theirs, m)  # type: ignore[arg-type]
+    records = [SimpleNamespace(topic=t, partition=p, offset=o) for t, p, o in offsets]
+    acks = FaustBatchAcks(ours)
+    token = acks.track(records)
+    assert set(ours._unacked_messages) == {token}, "a queued batch holds Faust's wait_empty"
+    acks.ack(records, token)
+    assert dict(ours._acked) == dict(theirs._acked) == {TP("r", 0): [0, 1], TP("r", 1): [10, 11]}
+    assert dict(ours._acked_index) == dict(theirs._acked_index)
+    assert ours._n_acked == theirs._n_acked == 4
+    assert not ours._unacked_messages and token.acked
