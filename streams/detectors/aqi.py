@@ -118,7 +118,7 @@ class AirQualityThreshold:
     """
 
     name = "aqi_threshold"
-    version = "1.1.0"
+    version = "1.1.1"  # 1.1.1: state rounded as round(v * 10**k) / 10**k
 
     def __init__(
         self,
@@ -191,7 +191,7 @@ class AirQualityThreshold:
                 if v >= 0 and not pol.startswith("pm") and v > index:
                     index, table = int(v), tab
         for b in (buckets[-1], st["hours"][-1]) if longs else (buckets[-1],):
-            b[1] = round(b[1], 4)
+            b[1] = round(b[1] * 1e4) / 1e4
         sev = severity_for_aqi(index, self.cfg.air_severity)
 
         def signal(kind: str, severity: Severity, episode_start: datetime) -> Signal:

@@ -35,7 +35,7 @@ from streams.detectors.base import SENSOR_HEALTH, PerSensor, Signal, State
 from streams.detectors.config import DetectConfig, default_config
 
 NAME = "sensor_health"
-VERSION = "1.0.0"
+VERSION = "1.0.1"  # 1.0.1: state rounded as round(v * 10**k) / 10**k
 
 
 def _dt(t: float) -> datetime:
@@ -118,12 +118,12 @@ class SensorHealth:
                 ))  # fmt: skip
             if gap > 0:
                 d = st["dt"]
-                st["dt"] = round(d + 0.05 * (min(gap, 4 * d) - d), 2)
+                st["dt"] = round((d + 0.05 * (min(gap, 4 * d) - d)) * 100.0) / 100.0  # round(v, 2), cheaper
             if gap >= 0:
                 st["t"] = t
             same = x == st["x"]
             if st["stuck"] is None:
-                st["rep"] = round(st["rep"] + 0.01 * ((1.0 if same else 0.0) - st["rep"]), 5)
+                st["rep"] = round((st["rep"] + 0.01 * ((1.0 if same else 0.0) - st["rep"])) * 1e5) / 1e5
             if same:
                 st["run"] += 1
             else:

@@ -43,7 +43,8 @@ SQRT1_2 = 0.7071067811865476
 Z99 = 2.5758293035489004  # two-sided 99 % point of N(0,1)
 Z999 = 3.2905267314919255  # two-sided 99.9 % point
 NAME = "robust_seasonal"
-VERSION = "1.0.0"
+VERSION = "1.0.1"  # 1.0.1: state rounded as round(v * 10**k) / 10**k
+_P10 = tuple(10.0**k for k in range(16))
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,27 +198,31 @@ class RobustSeasonal:
             # stored profile precision: ~1e-5 of the series' spread (keeps the state small)
             ref = sb if sb > floor else floor
             st["nd"] = nd = max(0, min(15, 5 - math.floor(math.log10(ref))))
+        # round(v * s) / s, not round(v, nd): a third of the cost (round with digits
+        # goes through decimal strings), as short in JSON (an integer over a power
+        # of ten is the double nearest that decimal), and as deterministic
+        s = _P10[nd]
         for i, w in ((i0, w0), (i1, w1)):
             if w <= 0.0 or a_s == 0.0:
                 continue
             c = C[i] + w
-            C[i] = round(c, 2) if c < 1000.0 else 1000.0
+            C[i] = round(c * 100.0) / 100.0 if c < 1000.0 else 1000.0
             a = w / c if w / c > p.alpha_bin * w else p.alpha_bin * w
             m = M[i]
             e = dev - m
             if C[i] >= p.bin_warm and n > 10:
                 lim = p.clip * sig_s
                 e = e if -lim <= e <= lim else (lim if e > 0 else -lim)
-            M[i] = round(m + a * e, nd)
-            S[i] = round(S[i] + a * (ars - S[i]), nd)
+            M[i] = round((m + a * e) * s) / s
+            S[i] = round((S[i] + a * (ars - S[i])) * s) / s
 
         # short numbers in the stored state (1e-7 of the spread: far below any signal)
-        nd2 = nd + 2
-        st["f"] = round(st["f"], nd2)
-        st["b"] = round(st["b"], nd2)
-        st["sf"] = round(st["sf"], nd2)
-        st["sb"] = round(st["sb"], nd2)
-        st["sl"] = round(st["sl"], nd2)
+        s2 = s * 100.0
+        st["f"] = round(st["f"] * s2) / s2
+        st["b"] = round(st["b"] * s2) / s2
+        st["sf"] = round(st["sf"] * s2) / s2
+        st["sb"] = round(st["sb"] * s2) / s2
+        st["sl"] = round(st["sl"] * s2) / s2
 
         # calibrated score
         q = st["q"]
@@ -234,9 +239,9 @@ class RobustSeasonal:
         if warm:  # tail calibration (99 % and 99.9 % points of z) learns slower inside an episode
             eta = p.tail_eta if ep is None else 0.25 * p.tail_eta
             q *= (1.0 + eta * 0.99) if z > q else (1.0 - eta * 0.01)
-            st["q"] = round(q, 5) if q > Z99 else Z99
+            st["q"] = round(q * 1e5) / 1e5 if q > Z99 else Z99
             q3 *= (1.0 + eta * 0.999) if z > q3 else (1.0 - eta * 0.001)
-            st["q3"] = round(q3, 5) if q3 > Z999 else Z999
+            st["q3"] = round(q3 * 1e5) / 1e5 if q3 > Z999 else Z999
         if ep is None:
             if warm:
                 if score >= p.instant_score or (score >= p.open_score and st["h"] + 1 >= p.open_hold):

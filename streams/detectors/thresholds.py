@@ -100,7 +100,7 @@ def _level(value: float, levels: list[tuple[float, Severity]]) -> Severity | Non
 
 class NoiseThreshold:
     name = "noise_gb3096"
-    version = "1.0.0"
+    version = "1.0.1"  # 1.0.1: state rounded as round(v * 10**k) / 10**k
 
     def __init__(self, config: DetectConfig | None = None) -> None:
         self.cfg = config or default_config()
@@ -146,7 +146,7 @@ class NoiseThreshold:
                     b[1] += energy
                     b[2] += 1
                     break
-        buckets[-1][1] = round(buckets[-1][1], 1)  # energy sums: 0.1 of >= 1e2 keeps the state short
+        buckets[-1][1] = round(buckets[-1][1] * 10.0) / 10.0  # energy sums: 0.1 of >= 1e2 keeps the state short
         energy_sum = 0.0
         count: float = 0
         for b in buckets:
@@ -174,7 +174,7 @@ class NoiseThreshold:
         # episode teaches the usual level 4x slower
         a_time = min(1.0, max(gap, 1.0) / self.learn_s) * (0.25 if st["ep"] is not None else 1.0)
         a = max(1.0 / (uc[hour] + 1), a_time)
-        usual[hour] = round(usual[hour] + a * (leq - usual[hour]), 2)
+        usual[hour] = round((usual[hour] + a * (leq - usual[hour])) * 100.0) / 100.0
         uc[hour] = min(uc[hour] + 1, 999)
         st["lt"] = t
         first = self.cfg.noise_exceedance[0][0]

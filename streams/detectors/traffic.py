@@ -32,7 +32,7 @@ from streams.detectors.thresholds import _signal, push_median, step_episode
 
 class TrafficCongestion:
     name = "traffic_congestion"
-    version = "1.0.0"
+    version = "1.0.1"  # 1.0.1: state rounded as round(v * 10**k) / 10**k
     category = "traffic"
 
     def __init__(self, config: DetectConfig | None = None) -> None:
@@ -75,8 +75,8 @@ class TrafficCongestion:
                     continue
                 w[i] = min(w[i] + wt, 1e6)
                 a = max(self.alpha, 1.0 / w[i]) * wt
-                m[i] = round(m[i] + a * (x - m[i]), 3)
-                w[i] = round(w[i], 3)
+                m[i] = round((m[i] + a * (x - m[i])) * 1e3) / 1e3
+                w[i] = round(w[i] * 1e3) / 1e3
         sev = None
         if ratio is not None:
             for at, level in self.levels:

@@ -58,6 +58,27 @@ def test_scale_free_any_unit() -> None:
     assert max(abs(x - y) for x, y in zip(a, c, strict=True)) < 1e-3
 
 
+def test_extreme_magnitudes_and_jumps_across_them_neither_raise_nor_lose_calibration() -> None:
+    """The stored state is quantised as round(v * 10**k) / 10**k, k from the
+    series' own spread: at 1e-300 or 1e300, and across a jump between the two,
+    no product overflows, every score stays in [0, 1], and the state stays
+    short JSON (the quantised numbers print as short decimals)."""
+    rng = random.Random(9)
+    for xs in ([1e-300 * (1 + 0.01 * rng.gauss(0, 1)) for _ in range(500)],
+               [1e300 * (1 + 0.01 * rng.gauss(0, 1)) for _ in range(500)],
+               [1.0 + rng.gauss(0, 0.1) for _ in range(300)] + [1e300] * 5 + [1.0] * 200):  # fmt: skip
+        st = None
+        for i, x in enumerate(xs):
+            st, r = RobustSeasonal().update(st, T0.timestamp() + 60 * i, x)
+            assert 0.0 <= r.score <= 1.0 and math.isfinite(r.z)
+        assert st is not None and all(math.isfinite(v) for v in st["M"] + st["S"] + [st["f"], st["b"], st["sb"]])
+    st = None
+    for i, x in enumerate(daily(i, rng) for i in range(2000)):
+        st, _ = RobustSeasonal().update(st, T0.timestamp() + 300 * i, x)
+    assert len(json.dumps(st)) < 1000
+    assert all(len(repr(v)) <= 12 for v in st["M"] + st["S"]), "profile values print short (1e-5 of the spread)"
+
+
 def daily(i: int, rng: random.Random, dt: float = 300.0) -> float:
     return 50.0 + 20.0 * math.sin(2 * math.pi * i * dt / 86400) + rng.gauss(0, 1.5)
 
