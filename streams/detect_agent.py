@@ -102,7 +102,8 @@ class DetectStage:
         self.current_rules()
         touched: dict[bytes, tuple[int, dict[str, Any]]] = {}
         self.in_flight = touched
-        validate = SensorReading.model_validate_json
+        # the validator itself: model_validate_json is a Python wrapper around it (~0.3 us a reading)
+        validate = SensorReading.__pydantic_validator__.validate_json
         marked: dict[int, tuple[datetime, bool]] = {}  # this batch's progress markers: partition -> (time, final)
         by_markers, marker_prefix = self.by_markers, markers.PREFIX
         for n, msg in enumerate(messages, 1):

@@ -79,8 +79,10 @@ class StatAdapter:
     def applies_to(self, reading: SensorReading) -> bool:
         return True
 
-    def step(self, state: State | None, reading: SensorReading) -> tuple[State, list[Signal]]:
-        t = reading.ts.timestamp()
+    def step(self, state: State | None, reading: SensorReading, t: float | None = None) -> tuple[State, list[Signal]]:
+        """`t`: the reading's event time in epoch seconds, if the caller has it."""
+        if t is None:
+            t = reading.ts.timestamp()
         st, r = self.core.update(state, t, reading.value)
         if self.confirm <= 1:
             if r.event is None:
@@ -243,7 +245,7 @@ class DetectionEngine:
             signals.extend(out)
         if reading.sensor_type not in self.stat_skip:
             for det in self.stat_by_type.get(reading.sensor_type) or (self.stat, self.roc):
-                s, out = det.step(st.get(det.name), reading)
+                s, out = det.step(st.get(det.name), reading, t)
                 st[det.name] = s
                 signals.extend(out)
         return st, signals

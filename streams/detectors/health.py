@@ -60,9 +60,6 @@ class SensorHealth:
     def applies_to(self, reading: SensorReading) -> bool:
         return True
 
-    def _range(self, sensor_id: str, sensor_type: str) -> tuple[float, float]:
-        return self._ranges((sensor_id, sensor_type))
-
     def _range_of(self, sensor_id: str, sensor_type: str) -> tuple[float, float]:
         spec = CATALOGUE[SensorType(sensor_type)]
         lo, hi = self.ranges.get(sensor_type, (spec.low, spec.high))
@@ -132,7 +129,7 @@ class SensorHealth:
             st["x"] = x
         sent = reading.sent_at
         # range
-        lo, hi = self._range(reading.sensor_id, ty)
+        lo, hi = self._ranges((reading.sensor_id, ty))
         outside = not lo <= x <= hi
         if outside and st["range"] is None:
             st["range"] = t
