@@ -8,12 +8,18 @@ size per sensor after a week of readings: the bytes the worker stores for it
 state, engine and open alerts, as orjson writes it), and each detector's
 share. The last line is one JSON object {"bench": "detect", ...}.
 
-Readings/s through one Faust worker on the real broker: `python -m bench.worker`.
+Then, when the local stack is up (`KAFKA_BOOTSTRAP_SERVERS` set, as in
+`.run/stack.env`), readings/s through one Faust worker on the real broker:
+`bench.worker`'s measurement, 3 runs, of the worker that reads the readings:
+by default the detect half (`WORKER_ROLE=detect`), as `citybrain demo` runs
+it beside the alerts half; `--worker-role all` for every agent in one
+process. `--worker-readings 0` skips it; `python -m bench.worker` for more.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import math
@@ -114,11 +120,39 @@ def bench_engine(eng: DetectionEngine, rs: list[SensorReading]) -> Callable[[], 
     return go
 
 
+def one_worker(readings: int, role: str = "detect") -> dict[str, Any] | None:
+    """bench.worker's measurement of a worker with `role`; None when skipped."""
+    if not readings:
+        return None
+    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        print("one Faust worker: skipped, KAFKA_BOOTSTRAP_SERVERS is not set "
+              "(make stack-up, then set -a; . .run/stack.env; set +a)")
+        return None
+    from bench import worker as bench_worker
+
+    print(f"one Faust worker on the real broker (bench.worker, WORKER_ROLE={role}): {readings} readings x 3 runs")
+    args = argparse.Namespace(readings=readings, sensors=1000, partitions=4, runs=3, timeout=600.0, role=role,
+                              profile=None)  # fmt: skip
+    got = asyncio.run(bench_worker.main_async(args))
+    print(f"  median {got['median_readings_per_s']} readings/s, {got['median_cpu_us_per_reading']} us CPU a reading")
+    return {"role": role} | {k: got[k] for k in ("median_readings_per_s", "median_cpu_us_per_reading", "runs",
+                                                 "conditions")}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.detect", description=__doc__.splitlines()[0])
+    from citybrain.cli import OneLineParser
+
+    ap = OneLineParser(prog="python -m bench.detect", description=__doc__.splitlines()[0])
     ap.add_argument("--readings", type=int, default=20_000, help="readings per run (default %(default)s)")
     ap.add_argument("--runs", type=int, default=5, help="runs per detector; the median is reported")
+    ap.add_argument("--worker-readings", type=int, default=100_000,
+                    help="readings through one Faust worker on the real broker, 3 runs (default %(default)s; "
+                         "0 skips it; needs KAFKA_BOOTSTRAP_SERVERS, as in .run/stack.env)")
+    ap.add_argument("--worker-role", choices=["detect", "all"], default="detect",
+                    help="that worker's WORKER_ROLE: the detect half, as the demo runs it (default), or every agent")
     args = ap.parse_args(argv)
+    if args.worker_readings and args.worker_readings < 1000:
+        ap.error("--worker-readings must be 0 (skip) or at least 1000")
     n, runs = args.readings, args.runs
     eng = DetectionEngine()
     pm = readings("pm25", n)
@@ -179,11 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         "readings_per_run": n, "runs": runs,
     }  # fmt: skip
     print(f"conditions: {json.dumps(conditions)}")
+    worker = one_worker(args.worker_readings, args.worker_role)
     print(json.dumps({
         "bench": "detect", "unit": "us/reading (median of runs)", "us_per_reading": results,
         "state_bytes": {k: v for k, v in sizes.items() if "." not in k},
         "state_bytes_by_detector": {k: v for k, v in sizes.items() if "." in k},
-        "target_us_statistical": 10, "target_state_bytes": 2048, "conditions": conditions,
+        "worker": worker, "target_us_statistical": 10, "target_state_bytes": 2048,
+        "target_worker_readings_per_s": 20_000, "conditions": conditions,
     }, ensure_ascii=False))  # fmt: skip
     return 0
 
