@@ -363,6 +363,12 @@ async def drain_messages(self: Any, fetcher: Any) -> None:
             crashing.add(crash)
             crash.add_done_callback(crashing.discard)
 
+    def commit_if_due() -> None:
+        """Faust's inline commit every `commit_every` acks, in the background."""
+        if commit_every is not None and self._n_acked >= commit_every:
+            self._n_acked = 0
+            commit_in_background()
+
     def commit_in_background() -> None:
         running = committing[0]
         if running is not None and not running.done():
@@ -425,10 +431,7 @@ async def drain_messages(self: Any, fetcher: Any) -> None:
                         if gap > 1 and r_offset:
                             if acks_enabled_for(message.topic):
                                 await self._add_gap(tp, r_offset + 1, offset)
-                        if commit_every is not None:
-                            if self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                commit_in_background()
+                        commit_if_due()
                         await deliver(callback(message), slow)
                         set_read_offset(tp, offset)
                     else:
@@ -456,9 +459,7 @@ async def drain_messages(self: Any, fetcher: Any) -> None:
                             if prev and r.offset - prev > 1:
                                 await self._add_gap(tp, prev + 1, r.offset)
                             prev = r.offset
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        commit_in_background()
+                    commit_if_due()
                     pending.setdefault(tp.topic, []).extend(recs)
                     set_read_offset(tp, recs[-1].offset)
                 while pending:

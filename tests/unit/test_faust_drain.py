@@ -318,6 +318,12 @@ class FakeConsumer:
         self.transport = SimpleNamespace(app=SimpleNamespace(should_stop=False))
         self.tp = tp
         self.scheduler = SimpleNamespace(iterate=self._iterate)
+        # Faust's acking state, for the lanes' FaustBatchAcks
+        self._unacked_messages: WeakSet[Any] = WeakSet()
+        self._waiting_for_ack = None
+        self._acked: defaultdict[Any, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[Any, set[int]] = defaultdict(set)
+        self._committed_offset: defaultdict[Any, int | None] = defaultdict(lambda: None)
 
     async def callback(self, message: Any) -> None:
         self.delivered.append(message.offset)
@@ -360,27 +366,8 @@ class FakeConsumer:
     async def commit(self) -> None:
         pass
 
-    # Faust's acking state, for the lanes' FaustBatchAcks
     def assignment(self) -> set[Any]:
         return set()
-
-    @property
-    def _unacked_messages(self) -> Any:
-        return self.__dict__.setdefault("unacked", WeakSet())
-
-    _waiting_for_ack = None
-
-    @property
-    def _acked(self) -> Any:
-        return self.__dict__.setdefault("acked", defaultdict(list))
-
-    @property
-    def _acked_index(self) -> Any:
-        return self.__dict__.setdefault("acked_index", defaultdict(set))
-
-    @property
-    def _committed_offset(self) -> Any:
-        return self.__dict__.setdefault("committed", defaultdict(lambda: None))
 
 
 async def test_records_skipped_while_the_flow_is_suspended_are_read_again_after_the_seek() -> None:
